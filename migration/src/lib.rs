@@ -1,0 +1,17 @@
+//! Database migrations for automation-gateway, applied at start-up by the server and alone by
+//! `automation-gateway migrate`. DDL is written with the portable schema builder; only the
+//! partial indexes are spelled out in SQL, which SQLite and PostgreSQL share.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261123_000001_create_jobs;
+
+/// The ordered list of migrations.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261123_000001_create_jobs::Migration)]
+    }
+}

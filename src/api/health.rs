@@ -1,0 +1,65 @@
+//! `HealthApi`: liveness (touches nothing) and readiness (database and migrations, and not
+//! shutting down).
+
+use std::sync::atomic::Ordering;
+
+use poem::web::Data;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+
+use super::model::{Health, Readiness};
+use super::{ApiTags, State};
+
+/// Health endpoints.
+pub struct HealthApi;
+
+/// Answers of `GET /readyz`.
+#[derive(ApiResponse)]
+pub enum ReadyResponse {
+    /// The database answers, migrations are applied, the service is not shutting down.
+    #[oai(status = 200)]
+    Ready(Json<Readiness>),
+    /// Not ready; `reason` says why.
+    #[oai(status = 503)]
+    NotReady(Json<Readiness>),
+}
+
+fn not_ready(reason: &str) -> ReadyResponse {
+    ReadyResponse::NotReady(Json(Readiness {
+        status: "not_ready".into(),
+        reason: Some(reason.into()),
+    }))
+}
+
+#[OpenApi(tag = "ApiTags::Health")]
+impl HealthApi {
+    /// Liveness
+    ///
+    /// 200 while the process serves HTTP. Touches no database.
+    #[oai(path = "/healthz", method = "get", operation_id = "health.live")]
+    async fn healthz(&self) -> Json<Health> {
+        Json(Health {
+            status: "ok".into(),
+        })
+    }
+
+    /// Readiness
+    ///
+    /// 200 when the database answers and every migration is applied; 503 otherwise and while
+    /// shutting down.
+    #[oai(path = "/readyz", method = "get", operation_id = "health.ready")]
+    async fn readyz(&self, state: Data<&State>) -> ReadyResponse {
+        if !state.accepting.load(Ordering::SeqCst) {
+            return not_ready("shutting down");
+        }
+        match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ready()).await {
+            Ok(Ok(true)) => ReadyResponse::Ready(Json(Readiness {
+                status: "ready".into(),
+                reason: None,
+            })),
+            Ok(Ok(false)) => not_ready("database migrations are pending"),
+            Ok(Err(_)) => not_ready("database unavailable"),
+            Err(_) => not_ready("database did not answer within 2 s"),
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! HTTP: the poem-openapi service (jobs and health), `/metrics`, `/openapi.json`, Swagger UI
+//! at `/docs`, problem+json for every error, and request metrics. Talks to the store and the
+//! executor only through their public functions; never SQL.
+
+pub mod health;
+pub mod jobs;
+pub mod model;
+pub mod problem;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use poem::middleware::CatchPanic;
+use poem::{Endpoint, EndpointExt, IntoResponse, Response, Route, get, handler, web::Data};
+use poem_openapi::{OpenApiService, Tags};
+
+use crate::executor::Executor;
+use crate::store::Store;
+use crate::telemetry::Metrics;
+use crate::telemetry::http::HttpMetrics;
+
+/// OpenAPI tags.
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Trigger automation actions and follow their jobs.
+    Jobs,
+    /// Liveness and readiness probes.
+    Health,
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct State {
+    /// The job store.
+    pub store: Store,
+    /// The executor (for cancels).
+    pub executor: Arc<Executor>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// False once shutdown begins: readiness fails first.
+    pub accepting: Arc<AtomicBool>,
+}
+
+fn service() -> OpenApiService<(jobs::JobsApi, health::HealthApi), ()> {
+    OpenApiService::new(
+        (jobs::JobsApi, health::HealthApi),
+        "automation-gateway",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "One REST API to trigger automation actions as durable, asynchronous jobs, with business \
+             metrics for Prometheus. Every error is `application/problem+json` (RFC 9457).",
+    )
+    .license("Apache-2.0")
+}
+
+/// The OpenAPI document, exactly as served at `/openapi.json`.
+pub fn spec_json() -> String {
+    service().spec()
+}
+
+/// Every route, with middleware, ready to serve.
+pub fn routes(state: State, max_body_bytes: usize) -> impl Endpoint {
+    let metrics = state.metrics.clone();
+    let svc = service();
+    let spec = svc.spec();
+    let docs = svc.swagger_ui();
+    Route::new()
+        .nest("/", svc)
+        .nest("/docs", docs)
+        .at("/openapi.json", get(openapi_json).data(Arc::new(spec)))
+        .at("/metrics", get(metrics_text))
+        .data(state)
+        .with(problem::Problems { max_body_bytes })
+        .with(CatchPanic::new().with_handler(|_| problem::response(&problem::Problem::internal())))
+        .with(HttpMetrics(metrics))
+}
+
+#[handler]
+fn openapi_json(spec: Data<&Arc<String>>) -> Response {
+    Response::builder()
+        .content_type("application/json")
+        .body(spec.0.as_str().to_owned())
+}
+
+#[handler]
+fn metrics_text(state: Data<&State>) -> Response {
+    match state.metrics.encode() {
+        Ok(text) => Response::builder()
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .body(text),
+        Err(e) => {
+            tracing::error!(error = %e, "encoding metrics failed");
+            problem::response(&problem::Problem::internal()).into_response()
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The wire types: requests, responses and their OpenAPI descriptions and examples.
+
+use std::collections::BTreeMap;
+
+use poem_openapi::{Enum, Object};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::jobs::{Action, Job, JobStatus};
+
+/// A job's status. `PENDING -> RUNNING -> SUCCESS | FAILED`; `CANCELED` from PENDING or RUNNING.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "UPPERCASE")]
+pub enum JobStatusOut {
+    /// Stored, waiting for a worker (or for its retry time).
+    Pending,
+    /// A worker is running it.
+    Running,
+    /// Finished successfully.
+    Success,
+    /// Finished with an error after its last attempt.
+    Failed,
+    /// Canceled on request.
+    Canceled,
+}
+
+impl From<JobStatus> for JobStatusOut {
+    fn from(s: JobStatus) -> Self {
+        match s {
+            JobStatus::Pending => Self::Pending,
+            JobStatus::Running => Self::Running,
+            JobStatus::Success => Self::Success,
+            JobStatus::Failed => Self::Failed,
+            JobStatus::Canceled => Self::Canceled,
+        }
+    }
+}
+
+impl From<JobStatusOut> for JobStatus {
+    fn from(s: JobStatusOut) -> Self {
+        match s {
+            JobStatusOut::Pending => Self::Pending,
+            JobStatusOut::Running => Self::Running,
+            JobStatusOut::Success => Self::Success,
+            JobStatusOut::Failed => Self::Failed,
+            JobStatusOut::Canceled => Self::Canceled,
+        }
+    }
+}
+
+/// An automation action.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "snake_case")]
+pub enum ActionOut {
+    /// Restart a service.
+    RestartService,
+    /// Roll out a new configuration.
+    RotateConfig,
+    /// Probe a target.
+    HealthCheck,
+}
+
+impl From<Action> for ActionOut {
+    fn from(a: Action) -> Self {
+        match a {
+            Action::RestartService => Self::RestartService,
+            Action::RotateConfig => Self::RotateConfig,
+            Action::HealthCheck => Self::HealthCheck,
+        }
+    }
+}
+
+impl From<ActionOut> for Action {
+    fn from(a: ActionOut) -> Self {
+        match a {
+            ActionOut::RestartService => Self::RestartService,
+            ActionOut::RotateConfig => Self::RotateConfig,
+            ActionOut::HealthCheck => Self::HealthCheck,
+        }
+    }
+}
+
+/// A request to run an action.
+#[derive(Object, Debug, Clone)]
+#[oai(example)]
+pub struct CreateJobRequest {
+    /// The action: `restart_service`, `rotate_config` or `health_check` (others get 422).
+    #[oai(validator(max_length = 64))]
+    pub action: String,
+    /// What to run it against: 1 to 253 letters, digits and `-_.:/@`.
+    #[oai(validator(max_length = 253))]
+    pub target: String,
+    /// Who asks (free text, e.g. an e-mail address), 1 to 320 characters.
+    #[oai(validator(max_length = 320))]
+    pub requested_by: String,
+    /// Parameters for the action (an object, default `{}`, at most 16 levels deep). The simulated
+    /// runner honours `simulate: {"duration_ms": N, "fail": true|false}`.
+    pub parameters: Option<BTreeMap<String, Value>>,
+}
+
+fn create_example() -> CreateJobRequest {
+    CreateJobRequest {
+        action: "restart_service".into(),
+        target: "demo-api".into(),
+        requested_by: "student@example.com".into(),
+        parameters: Some(BTreeMap::from([("service".to_owned(), json!("demo-api"))])),
+    }
+}
+
+/// The answer to an accepted job.
+#[derive(Object, Debug, Clone)]
+#[oai(example)]
+pub struct JobAccepted {
+    /// The job's id (a time-ordered UUID v7).
+    pub job_id: Uuid,
+    /// `PENDING` for a new job; the current status when an `Idempotency-Key` replays an earlier one.
+    pub status: JobStatusOut,
+}
+
+fn accepted_example() -> JobAccepted {
+    JobAccepted {
+        job_id: example_id(),
+        status: JobStatusOut::Pending,
+    }
+}
+
+fn example_id() -> Uuid {
+    Uuid::from_u128(0x0192f0a0_7c5e_7a8e_9d1a_2b3c4d5e6f70)
+}
+
+/// A job.
+#[derive(Object, Debug, Clone)]
+#[oai(example)]
+pub struct JobOut {
+    /// The job's id.
+    pub job_id: Uuid,
+    /// The action.
+    pub action: ActionOut,
+    /// The target.
+    pub target: String,
+    /// The status.
+    pub status: JobStatusOut,
+    /// When the first attempt started (RFC 3339, UTC), or null.
+    pub started_at: Option<String>,
+    /// When the job reached a terminal status (RFC 3339, UTC), or null.
+    pub finished_at: Option<String>,
+    /// Why the job failed (or why the last attempt failed, while a retry is pending), or null.
+    pub error: Option<String>,
+    /// Who asked, as the caller said.
+    pub requested_by: String,
+    /// The job's parameters.
+    pub parameters: Value,
+    /// When the job was accepted (RFC 3339, UTC).
+    pub created_at: String,
+    /// Attempts started so far.
+    pub attempts: i32,
+    /// The runner's output, for SUCCESS jobs; otherwise null.
+    pub result: Option<Value>,
+    /// True once a cancel was requested while the job was running.
+    pub cancel_requested: bool,
+}
+
+fn job_example() -> JobOut {
+    JobOut {
+        job_id: example_id(),
+        action: ActionOut::RestartService,
+        target: "demo-api".into(),
+        status: JobStatusOut::Success,
+        started_at: Some("2026-11-23T12:00:00.120000Z".into()),
+        finished_at: Some("2026-11-23T12:00:01.480000Z".into()),
+        error: None,
+        requested_by: "student@example.com".into(),
+        parameters: json!({"service": "demo-api"}),
+        created_at: "2026-11-23T12:00:00.100000Z".into(),
+        attempts: 1,
+        result: Some(
+            json!({"message": "restart_service completed on demo-api", "simulated": true, "duration_ms": 1360}),
+        ),
+        cancel_requested: false,
+    }
+}
+
+/// RFC 3339 in UTC with microseconds.
+pub fn rfc3339(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .unwrap_or_default()
+}
+
+impl From<Job> for JobOut {
+    fn from(j: Job) -> Self {
+        Self {
+            job_id: j.id.0,
+            action: j.action.into(),
+            target: j.target,
+            status: j.status.into(),
+            started_at: j.started_at.map(rfc3339),
+            finished_at: j.finished_at.map(rfc3339),
+            error: j.error,
+            requested_by: j.requested_by,
+            parameters: j.parameters,
+            created_at: rfc3339(j.created_at),
+            attempts: j.attempts,
+            result: j.result,
+            cancel_requested: j.cancel_requested,
+        }
+    }
+}
+
+/// A page of jobs, newest first.
+#[derive(Object, Debug, Clone)]
+pub struct JobPage {
+    /// The jobs.
+    pub items: Vec<JobOut>,
+    /// Pass as `cursor` to get the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Liveness.
+#[derive(Object, Debug, Clone)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+}
+
+/// Readiness.
+#[derive(Object, Debug, Clone)]
+pub struct Readiness {
+    /// `ready`, or `not_ready`.
+    pub status: String,
+    /// Why the service is not ready, when it is not.
+    #[oai(skip_serializing_if_is_none)]
+    pub reason: Option<String>,
+}
+
+impl poem_openapi::types::Example for CreateJobRequest {
+    fn example() -> Self {
+        create_example()
+    }
+}
+
+impl poem_openapi::types::Example for JobAccepted {
+    fn example() -> Self {
+        accepted_example()
+    }
+}
+
+impl poem_openapi::types::Example for JobOut {
+    fn example() -> Self {
+        job_example()
+    }
+}

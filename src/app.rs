@@ -1,0 +1,126 @@
+//! The composition root: builds the store, metrics, executor and routes from a `Config`, and
+//! owns the shutdown order. Holds no business rules and no SQL.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use poem::Server;
+use poem::listener::{Acceptor, TcpAcceptor};
+
+use crate::api;
+use crate::config::Config;
+use crate::executor::Executor;
+use crate::executor::runners::{Runners, SimulatedRunner};
+use crate::store::{self, Store};
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::SetupError;
+
+/// Start-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The database could not be opened or migrated.
+    #[error("database: {0}")]
+    Store(#[from] store::Error),
+    /// Metrics could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] SetupError),
+    /// The listener failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A built application, ready to serve.
+pub struct App {
+    config: Config,
+    store: Store,
+    metrics: Arc<Metrics>,
+    executor: Arc<Executor>,
+    accepting: Arc<AtomicBool>,
+}
+
+impl App {
+    /// Connects to the database, applies migrations, and starts the executor.
+    pub async fn build(config: Config) -> Result<Self, AppError> {
+        let store = Store::connect(&config).await?;
+        store.migrate().await?;
+        let metrics = Arc::new(Metrics::new()?);
+        let runners = Runners::all(Arc::new(SimulatedRunner::new(
+            config.sim_duration_ms,
+            config.sim_failure_rate,
+        )));
+        let executor =
+            Arc::new(Executor::start(store.clone(), metrics.clone(), runners, &config).await?);
+        Ok(Self {
+            config,
+            store,
+            metrics,
+            executor,
+            accepting: Arc::new(AtomicBool::new(true)),
+        })
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then shuts down in order: readiness
+    /// fails, HTTP stops accepting and drains, the executor stops claiming and gives running
+    /// jobs the grace period, results are flushed, the pools close.
+    pub async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
+        let acceptor = TcpAcceptor::from_tokio(listener)?;
+        let addr = acceptor
+            .local_addr()
+            .first()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!(addr = %addr, "serving HTTP");
+        let state = api::State {
+            store: self.store.clone(),
+            executor: self.executor.clone(),
+            metrics: self.metrics.clone(),
+            accepting: self.accepting.clone(),
+        };
+        let routes = api::routes(state, self.config.max_body_bytes as usize);
+        let accepting = self.accepting.clone();
+        let store = self.store.clone();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: readiness now fails, no new jobs are accepted");
+            accepting.store(false, Ordering::SeqCst);
+            store.close_for_writes();
+        };
+        Server::new_with_acceptor(acceptor)
+            .idle_timeout(Duration::from_secs(75))
+            .run_with_graceful_shutdown(routes, signal, Some(Duration::from_secs(10)))
+            .await?;
+        self.executor.shutdown().await;
+        self.store.close().await;
+        self.metrics.shutdown();
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

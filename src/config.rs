@@ -1,0 +1,438 @@
+//! The one validated `Config`, from command-line flags with environment fallbacks (exact names
+//! from the contract). Nothing else in the crate reads the environment.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::jobs::Action;
+
+/// automation-gateway: a durable job API for automation actions, with business metrics.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings (each also read from its environment variable).
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, Copy, Subcommand, PartialEq, Eq)]
+pub enum Command {
+    /// Apply database migrations, then serve the API and run jobs (the default).
+    Serve,
+    /// Apply pending database migrations and exit (for a Kubernetes init step).
+    Migrate,
+    /// Print the OpenAPI document and exit.
+    Openapi,
+    /// Print a new random API token and the SHA-256 hash to put in the tokens file.
+    Token,
+}
+
+/// Every setting of the service.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Database: `sqlite://PATH?mode=rwc` (one process) or `postgres://USER@HOST/DB` (many replicas).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://automation-gateway.db?mode=rwc",
+        hide_env_values = true
+    )]
+    pub database_url: DatabaseUrl,
+
+    /// Address and port to serve HTTP on.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:8000")]
+    pub listen: SocketAddr,
+
+    /// Jobs executed at once by this process.
+    #[arg(long, env = "GATEWAY_WORKERS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub workers: u32,
+
+    /// Pending jobs accepted before new ones are refused with 429 and Retry-After.
+    #[arg(long, env = "GATEWAY_MAX_PENDING", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub max_pending: u64,
+
+    /// Simulated run time of a job in milliseconds: `N` or `MIN-MAX` (uniformly random).
+    #[arg(long, env = "GATEWAY_SIM_DURATION_MS", default_value = "200-2000")]
+    pub sim_duration_ms: SimDuration,
+
+    /// Probability that a simulated run fails, from 0 to 1.
+    #[arg(long, env = "GATEWAY_SIM_FAILURE_RATE", default_value_t = 0.05, value_parser = parse_rate)]
+    pub sim_failure_rate: f64,
+
+    /// Per-action policy overrides, comma-separated `ACTION.KEY=VALUE`; keys: `timeout_ms`,
+    /// `max_attempts`, `backoff_ms` (first retry delay, doubled each attempt, with jitter) and
+    /// `on_lost` (`fail` or `retry`: what happens to a job whose worker died).
+    /// Example: `restart_service.timeout_ms=60000,health_check.max_attempts=5`.
+    #[arg(long, env = "GATEWAY_ACTION_POLICY", default_value = "")]
+    pub action_policy: ActionPolicies,
+
+    /// Seconds a worker's claim on a job lasts without a heartbeat; a job whose lease expires is
+    /// recovered by any process according to its action's `on_lost` policy.
+    #[arg(long, env = "GATEWAY_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub lease_secs: u64,
+
+    /// Seconds running jobs get to finish after SIGTERM/SIGINT before they are interrupted and
+    /// left for recovery.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub shutdown_grace_secs: u64,
+
+    /// Fallback poll interval of the dispatcher in milliseconds (wake-ups normally come by
+    /// notification).
+    #[arg(long, env = "GATEWAY_POLL_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub poll_interval_ms: u64,
+
+    /// Largest accepted request body in bytes; larger bodies get 413.
+    #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1024..=16_777_216))]
+    pub max_body_bytes: u64,
+
+    /// Connections in the database pool (PostgreSQL; SQLite uses one writer and a few readers).
+    #[arg(long, env = "GATEWAY_DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub db_max_connections: u32,
+
+    /// Push logs to this Loki base URL (for example `http://loki:3100`); off when unset.
+    #[arg(long, env = "LOKI_URL")]
+    pub loki_url: Option<url::Url>,
+
+    /// Environment name, sent to Loki as the `env` label.
+    #[arg(long = "env-name", env = "GATEWAY_ENV", default_value = "dev")]
+    pub env_name: String,
+
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `automation_gateway=debug`.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Every environment variable the service reads. Anything else named `GATEWAY_*` is a typo.
+pub const KNOWN_ENV: &[&str] = &[
+    "DATABASE_URL",
+    "GATEWAY_LISTEN",
+    "GATEWAY_WORKERS",
+    "GATEWAY_MAX_PENDING",
+    "GATEWAY_SIM_DURATION_MS",
+    "GATEWAY_SIM_FAILURE_RATE",
+    "GATEWAY_ACTION_POLICY",
+    "GATEWAY_LEASE_SECS",
+    "GATEWAY_SHUTDOWN_GRACE_SECS",
+    "GATEWAY_POLL_INTERVAL_MS",
+    "GATEWAY_MAX_BODY_BYTES",
+    "GATEWAY_DB_MAX_CONNECTIONS",
+    "LOKI_URL",
+    "GATEWAY_ENV",
+    "RUST_LOG",
+];
+
+impl Config {
+    /// `GATEWAY_*` variables set in the environment that no setting reads.
+    pub fn unknown_env_vars() -> Vec<String> {
+        std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .filter(|k| k.starts_with("GATEWAY_") && !KNOWN_ENV.contains(&k.as_str()))
+            .collect()
+    }
+
+    /// A config for tests and embedding: every default, the given database.
+    pub fn for_database(url: &str) -> Result<Self, String> {
+        let cli = Cli::try_parse_from(["automation-gateway", "--database-url", url])
+            .map_err(|e| e.to_string())?;
+        Ok(cli.config)
+    }
+
+    /// Lease length.
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
+
+    /// The effective settings as `key=value` pairs, secrets redacted, for the start-up log.
+    pub fn summary(&self) -> String {
+        format!(
+            "database_url={} listen={} workers={} max_pending={} sim_duration_ms={} sim_failure_rate={} lease_secs={} shutdown_grace_secs={} poll_interval_ms={} max_body_bytes={} loki={} env={}",
+            self.database_url,
+            self.listen,
+            self.workers,
+            self.max_pending,
+            self.sim_duration_ms,
+            self.sim_failure_rate,
+            self.lease_secs,
+            self.shutdown_grace_secs,
+            self.poll_interval_ms,
+            self.max_body_bytes,
+            self.loki_url.as_ref().map(|u| u.as_str()).unwrap_or("off"),
+            self.env_name,
+        )
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is outside 0..1"))
+    }
+}
+
+/// A database URL whose password is never printed.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The full URL, with its secret: pass it to the driver only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// True for a PostgreSQL URL.
+    pub fn is_postgres(&self) -> bool {
+        self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok = ["sqlite:", "postgres://", "postgresql://"]
+            .iter()
+            .any(|p| s.starts_with(p));
+        if !ok {
+            return Err("must start with sqlite:, postgres:// or postgresql://".into());
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match url::Url::parse(&self.0) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("REDACTED"));
+                f.write_str(u.as_str())
+            }
+            _ => f.write_str(&self.0),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Simulated run time: a fixed number of milliseconds or a uniform range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimDuration {
+    /// Shortest, in milliseconds.
+    pub min_ms: u64,
+    /// Longest, in milliseconds.
+    pub max_ms: u64,
+}
+
+impl FromStr for SimDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let num = |p: &str| {
+            p.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("'{p}' is not a whole number of milliseconds"))
+        };
+        let (min_ms, max_ms) = match s.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None => (num(s)?, num(s)?),
+        };
+        if min_ms > max_ms {
+            return Err(format!("minimum {min_ms} is above maximum {max_ms}"));
+        }
+        if max_ms > 86_400_000 {
+            return Err("longer than a day".into());
+        }
+        Ok(Self { min_ms, max_ms })
+    }
+}
+
+impl fmt::Display for SimDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.min_ms == self.max_ms {
+            write!(f, "{}", self.min_ms)
+        } else {
+            write!(f, "{}-{}", self.min_ms, self.max_ms)
+        }
+    }
+}
+
+/// What to do with a job whose worker died (its lease expired).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnLost {
+    /// Mark it FAILED ("worker lost"): for actions that must not run twice.
+    Fail,
+    /// Put it back to PENDING if attempts remain: for actions that are safe to repeat.
+    Retry,
+}
+
+/// How one action is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActionPolicy {
+    /// Longest a single attempt may run.
+    pub timeout: Duration,
+    /// Attempts in all, including the first.
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubled for each further one, with jitter, capped at 5 min.
+    pub backoff: Duration,
+    /// Lost-job policy.
+    pub on_lost: OnLost,
+}
+
+impl ActionPolicy {
+    /// The built-in default for an action.
+    pub fn default_for(action: Action) -> Self {
+        match action {
+            Action::RestartService => Self {
+                timeout: Duration::from_secs(300),
+                max_attempts: 3,
+                backoff: Duration::from_secs(2),
+                on_lost: OnLost::Fail,
+            },
+            Action::RotateConfig => Self {
+                timeout: Duration::from_secs(300),
+                max_attempts: 3,
+                backoff: Duration::from_secs(2),
+                on_lost: OnLost::Fail,
+            },
+            Action::HealthCheck => Self {
+                timeout: Duration::from_secs(30),
+                max_attempts: 3,
+                backoff: Duration::from_secs(1),
+                on_lost: OnLost::Retry,
+            },
+        }
+    }
+}
+
+/// The policy of every action: defaults plus overrides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionPolicies(BTreeMap<Action, ActionPolicy>);
+
+impl ActionPolicies {
+    /// The policy for an action.
+    pub fn get(&self, action: Action) -> ActionPolicy {
+        self.0
+            .get(&action)
+            .copied()
+            .unwrap_or_else(|| ActionPolicy::default_for(action))
+    }
+}
+
+impl FromStr for ActionPolicies {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut map: BTreeMap<Action, ActionPolicy> = Action::ALL
+            .iter()
+            .map(|a| (*a, ActionPolicy::default_for(*a)))
+            .collect();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| format!("'{item}': expected ACTION.KEY=VALUE"))?;
+            let (action, field) = key
+                .split_once('.')
+                .ok_or_else(|| format!("'{key}': expected ACTION.KEY"))?;
+            let action: Action = action
+                .parse()
+                .map_err(|e: crate::jobs::Error| e.to_string())?;
+            let p = map.get_mut(&action).ok_or("unreachable")?;
+            let int = |v: &str| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("'{item}': '{v}' is not a whole number"))
+            };
+            match field {
+                "timeout_ms" => {
+                    let ms = int(value)?;
+                    if ms == 0 {
+                        return Err(format!("'{item}': timeout must be above 0"));
+                    }
+                    p.timeout = Duration::from_millis(ms);
+                }
+                "max_attempts" => {
+                    let n = int(value)?;
+                    if !(1..=100).contains(&n) {
+                        return Err(format!("'{item}': max_attempts must be 1 to 100"));
+                    }
+                    p.max_attempts = n as u32;
+                }
+                "backoff_ms" => p.backoff = Duration::from_millis(int(value)?),
+                "on_lost" => {
+                    p.on_lost = match value {
+                        "fail" => OnLost::Fail,
+                        "retry" => OnLost::Retry,
+                        other => {
+                            return Err(format!(
+                                "'{item}': on_lost must be fail or retry, not '{other}'"
+                            ));
+                        }
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "'{item}': unknown key '{other}' (timeout_ms, max_attempts, backoff_ms, on_lost)"
+                    ));
+                }
+            }
+        }
+        Ok(Self(map))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn password_is_redacted() {
+        let u: DatabaseUrl = "postgres://app:hunter2@db:5432/gw".parse().unwrap();
+        assert!(!u.to_string().contains("hunter2"));
+        assert!(!format!("{u:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn sim_duration_accepts_ranges_and_refuses_reversed_ones() {
+        assert_eq!(
+            "5-20".parse::<SimDuration>().unwrap(),
+            SimDuration {
+                min_ms: 5,
+                max_ms: 20
+            }
+        );
+        assert!("20-5".parse::<SimDuration>().is_err());
+        assert!("abc".parse::<SimDuration>().is_err());
+    }
+
+    #[test]
+    fn policies_override_one_field() {
+        let p: ActionPolicies = "health_check.max_attempts=5,restart_service.on_lost=retry"
+            .parse()
+            .unwrap();
+        assert_eq!(p.get(Action::HealthCheck).max_attempts, 5);
+        assert_eq!(p.get(Action::RestartService).on_lost, OnLost::Retry);
+        assert!("health_check.bogus=1".parse::<ActionPolicies>().is_err());
+    }
+}

@@ -1,0 +1,100 @@
+//! The simulated runner: sleeps for a while, then succeeds or fails at random, as configured by
+//! `GATEWAY_SIM_DURATION_MS` / `GATEWAY_SIM_FAILURE_RATE`, or exactly as a job's
+//! `parameters.simulate = {"duration_ms": N, "fail": bool}` says (deterministic tests).
+
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::json;
+
+use super::{RunError, RunFuture, RunRequest, Runner};
+use crate::config::SimDuration;
+
+/// Simulates actions.
+#[derive(Debug, Clone)]
+pub struct SimulatedRunner {
+    duration: SimDuration,
+    failure_rate: f64,
+}
+
+impl SimulatedRunner {
+    /// A runner with the given defaults.
+    pub fn new(duration: SimDuration, failure_rate: f64) -> Self {
+        Self {
+            duration,
+            failure_rate,
+        }
+    }
+
+    fn plan(&self, request: &RunRequest) -> (Duration, bool) {
+        let sim = request.parameters.get("simulate");
+        let mut rng = rand::rng();
+        let ms = sim
+            .and_then(|s| s.get("duration_ms"))
+            .and_then(|v| v.as_u64())
+            .map(|v| v.min(86_400_000))
+            .unwrap_or_else(|| rng.random_range(self.duration.min_ms..=self.duration.max_ms));
+        let fail = sim
+            .and_then(|s| s.get("fail"))
+            .and_then(|v| v.as_bool())
+            .unwrap_or_else(|| rng.random::<f64>() < self.failure_rate);
+        (Duration::from_millis(ms), fail)
+    }
+}
+
+impl Runner for SimulatedRunner {
+    fn run<'a>(&'a self, request: &'a RunRequest) -> RunFuture<'a> {
+        let (duration, fail) = self.plan(request);
+        Box::pin(async move {
+            if !duration.is_zero() {
+                tokio::time::sleep(duration).await;
+            }
+            if fail {
+                Err(RunError(format!(
+                    "simulated failure of {} on {}",
+                    request.action, request.target
+                )))
+            } else {
+                Ok(json!({
+                    "message": format!("{} completed on {}", request.action, request.target),
+                    "simulated": true,
+                    "duration_ms": duration.as_millis() as u64,
+                }))
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::Action;
+
+    fn req(params: serde_json::Value) -> RunRequest {
+        RunRequest {
+            action: Action::HealthCheck,
+            target: "t".into(),
+            parameters: params,
+            attempt: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn parameters_override_the_defaults() {
+        let r = SimulatedRunner::new(
+            SimDuration {
+                min_ms: 10_000,
+                max_ms: 10_000,
+            },
+            0.0,
+        );
+        let out = r
+            .run(&req(json!({"simulate": {"duration_ms": 0, "fail": true}})))
+            .await;
+        assert!(out.is_err());
+        let out = r
+            .run(&req(json!({"simulate": {"duration_ms": 1, "fail": false}})))
+            .await;
+        assert_eq!(out.unwrap()["duration_ms"], 1);
+    }
+}

@@ -1,0 +1,94 @@
+//! One attempt of one job: timeout, cancellation, panic boundary, and the retry decision. The
+//! result goes to the batched completer; the worker slot is freed as soon as it is sent.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::runners::RunRequest;
+use super::{Ctx, Finished, lost_outcome, retry_delay};
+use crate::config::ActionPolicy;
+use crate::store::{ClaimedJob, Completion, Outcome, now_us};
+
+pub(super) async fn run(ctx: Arc<Ctx>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
+    let span = tracing::info_span!("job", job_id = %job.id, action = %job.action, target = %job.target, attempt = job.attempt);
+    run_attempt(&ctx, job).instrument(span).await;
+    drop(permit);
+    ctx.capacity.notify_one();
+}
+
+async fn run_attempt(ctx: &Ctx, job: ClaimedJob) {
+    let token = CancellationToken::new();
+    if let Ok(mut running) = ctx.running.lock() {
+        running.insert(job.id, token.clone());
+    }
+    let queue_wait = job.first_attempt.then(|| {
+        Duration::from_micros(job.started_at.saturating_sub(job.created_at).max(0) as u64)
+    });
+    ctx.metrics.job_started(job.action, queue_wait);
+    // Tests count executions with this line: it is written once per attempt that runs.
+    tracing::info!("job attempt started");
+
+    let policy = ctx.policies.get(job.action);
+    let request = RunRequest {
+        action: job.action,
+        target: job.target.clone(),
+        parameters: job.parameters.clone(),
+        attempt: job.attempt,
+    };
+    let runner = ctx.runners.get(job.action).clone();
+    let run = AssertUnwindSafe(runner.run(&request)).catch_unwind();
+    let outcome = tokio::select! {
+        biased;
+        _ = token.cancelled() => {
+            tracing::info!("job attempt canceled on request");
+            Outcome::Canceled
+        }
+        _ = ctx.hard_stop.cancelled() => {
+            // The shutdown grace period ran out. The attempt is cut short as if its worker had
+            // died, so the action's lost-job policy decides what happens next.
+            tracing::warn!("job attempt interrupted by shutdown");
+            lost_outcome(policy.on_lost, policy.max_attempts, job.attempt, "worker lost: interrupted by shutdown".into(), now_us())
+        }
+        r = tokio::time::timeout(policy.timeout, run) => match r {
+            Ok(Ok(Ok(result))) => Outcome::Success(result),
+            Ok(Ok(Err(e))) => failure(&policy, job.attempt, e.to_string()),
+            Ok(Err(_panic)) => failure(&policy, job.attempt, "runner panicked".into()),
+            Err(_) => failure(&policy, job.attempt, format!("timed out after {} ms", policy.timeout.as_millis())),
+        },
+    };
+    let finished = Finished {
+        completion: Completion {
+            id: job.id,
+            attempt: job.attempt,
+            outcome,
+        },
+        action: job.action,
+        started_at: job.started_at,
+    };
+    if ctx.completions.send(finished).is_err() {
+        tracing::error!("completer is gone; lease recovery will settle this job");
+    }
+    if let Ok(mut running) = ctx.running.lock() {
+        running.remove(&job.id);
+    }
+    ctx.metrics.attempt_ended();
+}
+
+/// A failed attempt retries while attempts remain.
+fn failure(policy: &ActionPolicy, attempt: i32, error: String) -> Outcome {
+    if (attempt as u32) < policy.max_attempts {
+        let delay = retry_delay(policy.backoff, attempt);
+        Outcome::Retry {
+            error,
+            run_at: now_us() + delay.as_micros() as i64,
+        }
+    } else {
+        Outcome::Failed(error)
+    }
+}

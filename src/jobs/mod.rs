@@ -1,0 +1,368 @@
+//! The domain: job identifiers, actions, statuses and their legal transitions, and validation of a
+//! new job request. Knows nothing about HTTP, SQL, tokio or telemetry.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// Longest accepted `target`, in characters.
+pub const MAX_TARGET_LEN: usize = 253;
+/// Longest accepted `requested_by`, in characters.
+pub const MAX_REQUESTED_BY_LEN: usize = 320;
+/// Deepest accepted nesting of `parameters` (an object inside an object counts two).
+pub const MAX_PARAMETERS_DEPTH: usize = 16;
+
+/// A job's identifier: a UUID v7, so ids sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub Uuid);
+
+impl JobId {
+    /// A new, time-ordered id.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An automation action the gateway can run. Exact names are part of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    /// Restart a service. Not safe to run twice blindly: a lost run fails by default.
+    RestartService,
+    /// Roll out a new configuration.
+    RotateConfig,
+    /// Probe a target. Safe to repeat: a lost run is retried by default.
+    HealthCheck,
+}
+
+impl Action {
+    /// Every action, in a stable order (used for metrics seeding and error messages).
+    pub const ALL: [Action; 3] = [
+        Action::RestartService,
+        Action::RotateConfig,
+        Action::HealthCheck,
+    ];
+
+    /// The wire and storage name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::RestartService => "restart_service",
+            Action::RotateConfig => "rotate_config",
+            Action::HealthCheck => "health_check",
+        }
+    }
+
+    /// The supported action names, for error messages.
+    pub fn supported() -> Vec<&'static str> {
+        Self::ALL.iter().map(|a| a.as_str()).collect()
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Action {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| Error::UnknownAction {
+                given: s.chars().take(64).collect(),
+            })
+    }
+}
+
+/// Where a job is in its life. `PENDING -> RUNNING -> SUCCESS | FAILED`, plus `CANCELED`
+/// from `PENDING` or `RUNNING`. A running job whose attempt failed but may retry goes back to
+/// `PENDING` with a later run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobStatus {
+    /// Accepted and stored, waiting for a worker (or for its retry time).
+    Pending,
+    /// Claimed by a worker that holds a lease on it.
+    Running,
+    /// Finished successfully. Terminal.
+    Success,
+    /// Finished with an error, after its last attempt. Terminal.
+    Failed,
+    /// Canceled by a caller before it finished. Terminal.
+    Canceled,
+}
+
+impl JobStatus {
+    /// The terminal statuses, in a stable order.
+    pub const TERMINAL: [JobStatus; 3] =
+        [JobStatus::Success, JobStatus::Failed, JobStatus::Canceled];
+    /// All statuses.
+    pub const ALL: [JobStatus; 5] = [
+        JobStatus::Pending,
+        JobStatus::Running,
+        JobStatus::Success,
+        JobStatus::Failed,
+        JobStatus::Canceled,
+    ];
+
+    /// The wire and storage name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "PENDING",
+            JobStatus::Running => "RUNNING",
+            JobStatus::Success => "SUCCESS",
+            JobStatus::Failed => "FAILED",
+            JobStatus::Canceled => "CANCELED",
+        }
+    }
+
+    /// True when a job never leaves this status.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Success | JobStatus::Failed | JobStatus::Canceled
+        )
+    }
+
+    /// Whether the state machine allows going from `self` to `to`.
+    pub fn can_become(self, to: JobStatus) -> bool {
+        use JobStatus::*;
+        matches!(
+            (self, to),
+            (Pending, Running)
+                | (Pending, Canceled)
+                | (Running, Success)
+                | (Running, Failed)
+                | (Running, Canceled)
+                // a failed attempt that will be retried, or a lost lease under the retry policy
+                | (Running, Pending)
+        )
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobStatus {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| Error::Validation {
+                field: "status",
+                reason: format!(
+                    "unknown status '{}'",
+                    s.chars().take(32).collect::<String>()
+                ),
+            })
+    }
+}
+
+/// A job as stored. Times are microseconds since the Unix epoch (UTC).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// Identifier.
+    pub id: JobId,
+    /// What to run.
+    pub action: Action,
+    /// What to run it against.
+    pub target: String,
+    /// Who asked, as the caller says.
+    pub requested_by: String,
+    /// Free-form parameters for the runner.
+    pub parameters: Value,
+    /// Current status.
+    pub status: JobStatus,
+    /// Attempts started so far.
+    pub attempts: i32,
+    /// The last error, for FAILED jobs (and for retried attempts while PENDING).
+    pub error: Option<String>,
+    /// The runner's output for SUCCESS jobs.
+    pub result: Option<Value>,
+    /// When the job was accepted.
+    pub created_at: i64,
+    /// When the first attempt started.
+    pub started_at: Option<i64>,
+    /// When the job reached a terminal status.
+    pub finished_at: Option<i64>,
+    /// A cancel was requested while the job was running.
+    pub cancel_requested: bool,
+}
+
+/// A validated request for a new job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    /// What to run.
+    pub action: Action,
+    /// What to run it against.
+    pub target: String,
+    /// Who asked.
+    pub requested_by: String,
+    /// Parameters, always a JSON object.
+    pub parameters: Value,
+}
+
+impl NewJob {
+    /// Validates raw input into a job request. `target` is a name such as a service or host:
+    /// letters, digits and `-_.:/@`, 1 to 253 characters.
+    pub fn parse(
+        action: &str,
+        target: &str,
+        requested_by: &str,
+        parameters: Option<Map<String, Value>>,
+    ) -> Result<Self, Error> {
+        let action = action.parse::<Action>()?;
+        if target.is_empty() || target.chars().count() > MAX_TARGET_LEN {
+            return Err(Error::Validation {
+                field: "target",
+                reason: format!("must be 1 to {MAX_TARGET_LEN} characters"),
+            });
+        }
+        if !target
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:/@".contains(c))
+        {
+            return Err(Error::Validation {
+                field: "target",
+                reason: "may contain only letters, digits and - _ . : / @".into(),
+            });
+        }
+        let requested_by = requested_by.trim();
+        if requested_by.is_empty() || requested_by.chars().count() > MAX_REQUESTED_BY_LEN {
+            return Err(Error::Validation {
+                field: "requested_by",
+                reason: format!("must be 1 to {MAX_REQUESTED_BY_LEN} characters"),
+            });
+        }
+        if requested_by.chars().any(char::is_control) {
+            return Err(Error::Validation {
+                field: "requested_by",
+                reason: "must not contain control characters".into(),
+            });
+        }
+        let parameters = Value::Object(parameters.unwrap_or_default());
+        if depth(&parameters) > MAX_PARAMETERS_DEPTH {
+            return Err(Error::Validation {
+                field: "parameters",
+                reason: format!("nested deeper than {MAX_PARAMETERS_DEPTH} levels"),
+            });
+        }
+        Ok(Self {
+            action,
+            target: target.to_owned(),
+            requested_by: requested_by.to_owned(),
+            parameters,
+        })
+    }
+
+    /// A stable fingerprint of the request, to compare bodies sent with one idempotency key.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in [self.action.as_str(), &self.target, &self.requested_by] {
+            h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        // serde_json's Map is a BTreeMap here, so the encoding is canonical.
+        h.update(self.parameters.to_string().as_bytes());
+        hex::encode(h.finalize())
+    }
+}
+
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Domain errors.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Error {
+    /// The action is not one the gateway supports.
+    #[error(
+        "unknown action '{given}'; supported actions: restart_service, rotate_config, health_check"
+    )]
+    UnknownAction {
+        /// What the caller sent (truncated).
+        given: String,
+    },
+    /// A field failed validation.
+    #[error("{field}: {reason}")]
+    Validation {
+        /// The field's name on the wire.
+        field: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_action_lists_the_supported_ones() {
+        let err = NewJob::parse("reboot_world", "demo", "me", None).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("restart_service, rotate_config, health_check")
+        );
+    }
+
+    #[test]
+    fn terminal_statuses_never_move() {
+        for from in JobStatus::TERMINAL {
+            for to in JobStatus::ALL {
+                assert!(!from.can_become(to), "{from} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn target_with_spaces_is_refused() {
+        assert!(NewJob::parse("health_check", "a b", "me", None).is_err());
+    }
+
+    #[test]
+    fn fingerprint_depends_on_parameters() {
+        let a = NewJob::parse("health_check", "x", "me", None).unwrap();
+        let mut m = Map::new();
+        m.insert("k".into(), Value::from(1));
+        let b = NewJob::parse("health_check", "x", "me", Some(m)).unwrap();
+        assert_ne!(a.fingerprint(), b.fingerprint());
+    }
+
+    #[test]
+    fn deep_parameters_are_refused() {
+        let mut v = Value::from(1);
+        for _ in 0..40 {
+            let mut m = Map::new();
+            m.insert("a".into(), v);
+            v = Value::Object(m);
+        }
+        let Value::Object(m) = v else { unreachable!() };
+        assert!(NewJob::parse("health_check", "x", "me", Some(m)).is_err());
+    }
+}

@@ -1,0 +1,32 @@
+//! automation-gateway: a durable job-control plane. One REST API turns requests for automation
+//! actions into jobs stored in a database that doubles as the queue; an executor runs them
+//! asynchronously; business metrics go to Prometheus through an OpenTelemetry meter.
+//!
+//! `App::build(config)` then `App::run(listener, shutdown)` is the one way to start it, used by
+//! `main` and by the tests alike.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod executor;
+pub mod jobs;
+pub mod store;
+pub mod telemetry;
+
+pub use app::{App, AppError, shutdown_signal};
+pub use config::Config;
+
+/// The OpenAPI document as JSON.
+pub fn openapi_spec() -> String {
+    api::spec_json()
+}
+
+/// A new API token and its SHA-256 hash (hex) for the tokens file.
+pub fn new_token() -> (String, String) {
+    use rand::Rng;
+    use sha2::{Digest, Sha256};
+    let bytes: [u8; 32] = rand::rng().random();
+    let token = format!("agw_{}", hex::encode(bytes));
+    let hash = hex::encode(Sha256::digest(token.as_bytes()));
+    (token, hash)
+}

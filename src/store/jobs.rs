@@ -1,0 +1,418 @@
+//! Enqueue (group commit, idempotency keys), get, list with a cursor, cancel.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use sea_orm::{ConnectionTrait, QueryResult, TransactionTrait, Value};
+use serde_json::Value as Json;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::{Backend, Error, JOBS_CHANNEL, Store, exec, get, now_us};
+use crate::jobs::{Action, Job, JobId, JobStatus, NewJob};
+
+/// Most jobs committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// Columns read back into a `Job`.
+pub(super) const JOB_COLUMNS: &str = "id, action, target, requested_by, parameters, status, attempts, error, result, created_at, started_at, finished_at, cancel_requested";
+
+/// The answer to an enqueue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    /// The job's id.
+    pub id: JobId,
+    /// Its status now (PENDING for a new job; anything for an idempotent replay).
+    pub status: JobStatus,
+    /// False when an earlier request with the same idempotency key created it.
+    pub created: bool,
+}
+
+pub(super) struct EnqueueRequest {
+    job: NewJob,
+    key: Option<String>,
+    reply: oneshot::Sender<Result<Enqueued, Error>>,
+}
+
+/// Filters for listing jobs. All optional; combined with AND.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only this status.
+    pub status: Option<JobStatus>,
+    /// Only this action.
+    pub action: Option<Action>,
+    /// Only this exact target.
+    pub target: Option<String>,
+    /// Only this exact `requested_by`.
+    pub requested_by: Option<String>,
+    /// Only jobs older than this id (the cursor).
+    pub before: Option<JobId>,
+}
+
+/// One page of jobs, newest first.
+#[derive(Debug, Clone)]
+pub struct JobPage {
+    /// The jobs.
+    pub items: Vec<Job>,
+    /// Pass as `before` for the next page; `None` on the last page.
+    pub next: Option<JobId>,
+}
+
+impl Store {
+    /// Stores a new job durably and returns its id. Concurrent calls are committed together in
+    /// one transaction (group commit), so many requests share one fsync. With an idempotency
+    /// key, a repeat of the same request returns the original job; a different request with the
+    /// same key is a `Conflict`.
+    pub async fn enqueue(&self, job: NewJob, key: Option<String>) -> Result<Enqueued, Error> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(Error::ShuttingDown);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .enqueue_tx
+            .send(EnqueueRequest { job, key, reply })
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// One job by id.
+    pub async fn get(&self, id: JobId) -> Result<Job, Error> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
+        let row = self
+            .inner
+            .read
+            .query_one_raw(self.stmt(&sql, vec![id.0.into()]))
+            .await?;
+        row.as_ref()
+            .map(row_to_job)
+            .transpose()?
+            .ok_or(Error::NotFound)
+    }
+
+    /// A page of jobs, newest first.
+    pub async fn list(&self, filter: &JobFilter, limit: u64) -> Result<JobPage, Error> {
+        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1=1");
+        let mut values: Vec<Value> = Vec::new();
+        let mut push = |sql: &mut String, col: &str, v: Value| {
+            values.push(v);
+            sql.push_str(&format!(" AND {col} ${}", values.len()));
+        };
+        if let Some(s) = filter.status {
+            push(&mut sql, "status =", s.as_str().into());
+        }
+        if let Some(a) = filter.action {
+            push(&mut sql, "action =", a.as_str().into());
+        }
+        if let Some(t) = &filter.target {
+            push(&mut sql, "target =", t.clone().into());
+        }
+        if let Some(r) = &filter.requested_by {
+            push(&mut sql, "requested_by =", r.clone().into());
+        }
+        if let Some(b) = filter.before {
+            push(&mut sql, "id <", b.0.into());
+        }
+        values.push(((limit + 1) as i64).into());
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", values.len()));
+        let rows = self
+            .inner
+            .read
+            .query_all_raw(self.stmt(&sql, values))
+            .await?;
+        let mut items = rows.iter().map(row_to_job).collect::<Result<Vec<_>, _>>()?;
+        let next = if items.len() as u64 > limit {
+            items.truncate(limit as usize);
+            items.last().map(|j| j.id)
+        } else {
+            None
+        };
+        Ok(JobPage { items, next })
+    }
+
+    /// Cancels a PENDING job at once (returns `Some(CANCELED)`), or marks a RUNNING one for
+    /// cancellation (returns `Some(RUNNING)`; its worker stops it). A finished job is a
+    /// `Conflict` carrying its status; an unknown id is `NotFound`.
+    pub async fn cancel(&self, id: JobId) -> Result<JobStatus, Error> {
+        // Two attempts: a job can move from RUNNING back to PENDING (retry) between them.
+        for _ in 0..3 {
+            let now = now_us();
+            let done = exec(
+                &self.inner.write,
+                self.stmt(
+                    "UPDATE jobs SET status = 'CANCELED', finished_at = $1, error = 'canceled by request' WHERE id = $2 AND status = 'PENDING'",
+                    vec![now.into(), id.0.into()],
+                ),
+            )
+            .await?;
+            if done == 1 {
+                self.add_pending_estimate(-1);
+                return Ok(JobStatus::Canceled);
+            }
+            let marked = exec(
+                &self.inner.write,
+                self.stmt(
+                    "UPDATE jobs SET cancel_requested = TRUE WHERE id = $1 AND status = 'RUNNING'",
+                    vec![id.0.into()],
+                ),
+            )
+            .await?;
+            if marked == 1 {
+                if self.inner.backend == Backend::Postgres {
+                    let note = format!("SELECT pg_notify('{}', $1)", super::CANCEL_CHANNEL);
+                    self.inner
+                        .write
+                        .execute_raw(self.stmt(&note, vec![id.to_string().into()]))
+                        .await?;
+                }
+                return Ok(JobStatus::Running);
+            }
+            let status = self.get_from_writer(id).await?;
+            if status.is_terminal() {
+                return Err(Error::Conflict(format!("job is already {status}")));
+            }
+        }
+        Err(Error::Conflict(
+            "job changed state during cancel; try again".into(),
+        ))
+    }
+
+    async fn get_from_writer(&self, id: JobId) -> Result<JobStatus, Error> {
+        let row = self
+            .inner
+            .write
+            .query_one_raw(self.stmt("SELECT status FROM jobs WHERE id = $1", vec![id.0.into()]))
+            .await?
+            .ok_or(Error::NotFound)?;
+        parse_status(&get::<String>(&row, "status")?)
+    }
+}
+
+/// The group-commit writer: takes every enqueue waiting in the channel, commits them in one
+/// transaction, then answers each. Under load a batch forms while the previous one commits.
+pub(super) async fn run_enqueue_writer(store: Store, mut rx: mpsc::Receiver<EnqueueRequest>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let requests = std::mem::take(&mut batch);
+        let results = match insert_batch(&store, &requests).await {
+            Ok(results) => results,
+            Err(e) => {
+                tracing::warn!(error = %e, error.cause = ?std::error::Error::source(&e), jobs = requests.len(), "enqueue batch failed");
+                requests.iter().map(|_| Err(clone_err(&e))).collect()
+            }
+        };
+        let created = results
+            .iter()
+            .filter(|r| matches!(r, Ok(e) if e.created))
+            .count();
+        if created > 0 {
+            store.add_pending_estimate(created as i64);
+            store.inner.enqueued.notify_one();
+        }
+        for (req, res) in requests.into_iter().zip(results) {
+            let _ = req.reply.send(res);
+        }
+    }
+}
+
+fn clone_err(e: &Error) -> Error {
+    match e {
+        Error::Unavailable(_) => Error::Unavailable(sea_orm::DbErr::Custom(e.to_string())),
+        Error::ShuttingDown => Error::ShuttingDown,
+        Error::QueueFull { pending, max } => Error::QueueFull {
+            pending: *pending,
+            max: *max,
+        },
+        _ => Error::Other(sea_orm::DbErr::Custom(e.to_string())),
+    }
+}
+
+async fn insert_batch(
+    store: &Store,
+    requests: &[EnqueueRequest],
+) -> Result<Vec<Result<Enqueued, Error>>, Error> {
+    let inner = &store.inner;
+    let txn = inner.write.begin().await?;
+
+    // Admission: refuse what would push the queue past its maximum. The estimate is exact
+    // enough far from the limit; near it, count for real.
+    let max = inner.max_pending;
+    let mut room = requests.len() as u64;
+    let estimate = inner.pending_estimate.load(Ordering::Relaxed).max(0) as u64;
+    if estimate + room > max {
+        let row = txn
+            .query_one_raw(store.stmt(
+                "SELECT COUNT(*) AS n FROM jobs WHERE status = 'PENDING'",
+                vec![],
+            ))
+            .await?;
+        let pending = row
+            .map(|r| get::<i64>(&r, "n"))
+            .transpose()?
+            .unwrap_or(0)
+            .max(0) as u64;
+        inner
+            .pending_estimate
+            .store(pending as i64, Ordering::Relaxed);
+        room = max.saturating_sub(pending).min(room);
+    }
+
+    let now = now_us();
+    let mut ids = Vec::with_capacity(requests.len());
+    let mut values: Vec<Value> = Vec::with_capacity(requests.len() * 10);
+    let mut rows_sql = Vec::with_capacity(requests.len());
+    for req in requests.iter().take(room as usize) {
+        let id = JobId::new();
+        let fingerprint = req.key.as_ref().map(|_| req.job.fingerprint());
+        let n = values.len();
+        rows_sql.push(format!(
+            "(${},${},${},${},${},'PENDING',0,${},${},FALSE,${},${})",
+            n + 1,
+            n + 2,
+            n + 3,
+            n + 4,
+            n + 5,
+            n + 6,
+            n + 6,
+            n + 7,
+            n + 8
+        ));
+        values.push(id.0.into());
+        values.push(req.job.action.as_str().into());
+        values.push(req.job.target.clone().into());
+        values.push(req.job.requested_by.clone().into());
+        values.push(req.job.parameters.to_string().into());
+        values.push(now.into());
+        values.push(req.key.clone().into());
+        values.push(fingerprint.into());
+        ids.push(id);
+    }
+    let mut inserted = std::collections::HashSet::new();
+    if !rows_sql.is_empty() {
+        let sql = format!(
+            "INSERT INTO jobs (id, action, target, requested_by, parameters, status, attempts, created_at, run_at, cancel_requested, idempotency_key, request_fingerprint) VALUES {} ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+            rows_sql.join(",")
+        );
+        for row in txn.query_all_raw(store.stmt(&sql, values)).await? {
+            inserted.insert(get::<Uuid>(&row, "id")?);
+        }
+    }
+
+    // Requests whose row was not inserted collided on their idempotency key: with an earlier
+    // job, or with another request in this very batch.
+    let replay_keys: Vec<String> = requests
+        .iter()
+        .zip(&ids)
+        .filter(|(_, id)| !inserted.contains(&id.0))
+        .filter_map(|(r, _)| r.key.clone())
+        .collect();
+    let mut existing: HashMap<String, (JobId, JobStatus, Option<String>)> = HashMap::new();
+    if !replay_keys.is_empty() {
+        let placeholders: Vec<String> = (1..=replay_keys.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT id, status, idempotency_key, request_fingerprint FROM jobs WHERE idempotency_key IN ({})",
+            placeholders.join(",")
+        );
+        let rows = txn
+            .query_all_raw(store.stmt(&sql, replay_keys.iter().map(|k| k.clone().into()).collect()))
+            .await?;
+        for row in rows {
+            existing.insert(
+                get::<String>(&row, "idempotency_key")?,
+                (
+                    JobId(get::<Uuid>(&row, "id")?),
+                    parse_status(&get::<String>(&row, "status")?)?,
+                    get::<Option<String>>(&row, "request_fingerprint")?,
+                ),
+            );
+        }
+    }
+    if !inserted.is_empty() && inner.backend == Backend::Postgres {
+        // One NOTIFY per batch, delivered at commit: NOTIFY serialises commits, so never per job.
+        txn.execute_unprepared(&format!("NOTIFY {JOBS_CHANNEL}"))
+            .await?;
+    }
+    txn.commit().await?;
+
+    let results = requests
+        .iter()
+        .enumerate()
+        .map(|(i, req)| {
+            let Some(id) = ids.get(i) else {
+                return Err(Error::QueueFull { pending: max, max });
+            };
+            if inserted.contains(&id.0) {
+                return Ok(Enqueued {
+                    id: *id,
+                    status: JobStatus::Pending,
+                    created: true,
+                });
+            }
+            let key = req.key.as_deref().unwrap_or_default();
+            match existing.get(key) {
+                Some((id, status, fp)) if fp.as_deref() == Some(req.job.fingerprint().as_str()) => {
+                    Ok(Enqueued {
+                        id: *id,
+                        status: *status,
+                        created: false,
+                    })
+                }
+                Some(_) => Err(Error::Conflict(
+                    "Idempotency-Key was already used with a different request".into(),
+                )),
+                None => Err(Error::Other(sea_orm::DbErr::Custom(
+                    "row neither inserted nor found".into(),
+                ))),
+            }
+        })
+        .collect();
+    Ok(results)
+}
+
+pub(super) fn parse_status(s: &str) -> Result<JobStatus, Error> {
+    s.parse().map_err(|_| {
+        Error::Other(sea_orm::DbErr::Type(format!(
+            "unknown status '{s}' in database"
+        )))
+    })
+}
+
+pub(super) fn parse_action(s: &str) -> Result<Action, Error> {
+    s.parse().map_err(|_| {
+        Error::Other(sea_orm::DbErr::Type(format!(
+            "unknown action '{s}' in database"
+        )))
+    })
+}
+
+fn parse_json(s: Option<String>) -> Result<Option<Json>, Error> {
+    s.map(|s| {
+        serde_json::from_str(&s).map_err(|e| Error::Other(sea_orm::DbErr::Json(e.to_string())))
+    })
+    .transpose()
+}
+
+pub(super) fn row_to_job(row: &QueryResult) -> Result<Job, Error> {
+    Ok(Job {
+        id: JobId(get::<Uuid>(row, "id")?),
+        action: parse_action(&get::<String>(row, "action")?)?,
+        target: get(row, "target")?,
+        requested_by: get(row, "requested_by")?,
+        parameters: parse_json(Some(get(row, "parameters")?))?.unwrap_or_default(),
+        status: parse_status(&get::<String>(row, "status")?)?,
+        attempts: get(row, "attempts")?,
+        error: get(row, "error")?,
+        result: parse_json(get(row, "result")?)?,
+        created_at: get(row, "created_at")?,
+        started_at: get(row, "started_at")?,
+        finished_at: get(row, "finished_at")?,
+        cancel_requested: get(row, "cancel_requested")?,
+    })
+}

@@ -1,0 +1,287 @@
+//! The queue side of the store: claim a batch, heartbeat, finish a batch, recover expired
+//! leases, and the queue statistics. Every state change out of RUNNING is fenced by
+//! `attempts` and `status = 'RUNNING'`, so a worker whose lease was taken over can never
+//! overwrite the newer attempt's result.
+
+use std::sync::atomic::Ordering;
+
+use sea_orm::{ConnectionTrait, TransactionTrait, Value};
+use serde_json::Value as Json;
+use uuid::Uuid;
+
+use super::jobs::{parse_action, parse_status};
+use super::{Backend, Error, Store, exec, get, now_us};
+use crate::jobs::{Action, JobId, JobStatus};
+
+/// A job handed to a worker, with the lease this process now holds on it.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    /// Identifier.
+    pub id: JobId,
+    /// Action to run.
+    pub action: Action,
+    /// Target.
+    pub target: String,
+    /// Parameters (a JSON object).
+    pub parameters: Json,
+    /// This attempt's number, from 1: the fencing token for every later write.
+    pub attempt: i32,
+    /// When the job was accepted (µs).
+    pub created_at: i64,
+    /// When its first attempt started (µs).
+    pub started_at: i64,
+    /// True when this is the first attempt.
+    pub first_attempt: bool,
+}
+
+/// How an attempt ended, as the executor decided.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Done: SUCCESS with the runner's result.
+    Success(Json),
+    /// Done: FAILED with this error.
+    Failed(String),
+    /// Canceled on request.
+    Canceled,
+    /// Failed, but another attempt will run at `run_at` (µs); it becomes CANCELED instead if a
+    /// cancel was requested meanwhile.
+    Retry {
+        /// Why this attempt failed.
+        error: String,
+        /// When the next attempt may start.
+        run_at: i64,
+    },
+}
+
+/// One finished attempt, to be written by `finish_batch`.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The job.
+    pub id: JobId,
+    /// The attempt that finished (fencing token).
+    pub attempt: i32,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// A job whose lease expired: its worker died or hung.
+#[derive(Debug, Clone)]
+pub struct LostJob {
+    /// The job.
+    pub id: JobId,
+    /// Its action (the lost-job policy is per action).
+    pub action: Action,
+    /// The attempt that was lost.
+    pub attempt: i32,
+    /// When its first attempt started (µs).
+    pub started_at: Option<i64>,
+    /// Whether a cancel was requested.
+    pub cancel_requested: bool,
+}
+
+/// Global queue figures, read from the database.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueStats {
+    /// Jobs in PENDING.
+    pub pending: i64,
+    /// Earliest `run_at` among PENDING jobs (µs), if any.
+    pub oldest_run_at: Option<i64>,
+}
+
+impl Store {
+    /// Claims up to `limit` runnable PENDING jobs for `owner`, sets them RUNNING with a lease
+    /// until `lease_until` (µs), and returns them. On PostgreSQL `SKIP LOCKED` lets replicas
+    /// claim concurrently without waiting on each other's rows.
+    pub async fn claim_batch(
+        &self,
+        owner: Uuid,
+        limit: usize,
+        lease_us: i64,
+    ) -> Result<Vec<ClaimedJob>, Error> {
+        let now = now_us();
+        let lock = match self.inner.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1, lease_owner = $1, lease_until = $2, \
+             started_at = COALESCE(started_at, $3) \
+             WHERE id IN (SELECT id FROM jobs WHERE status = 'PENDING' AND run_at <= $3 ORDER BY run_at, id LIMIT $4 {lock}) \
+             RETURNING id, action, target, parameters, attempts, created_at, started_at"
+        );
+        let rows = self
+            .inner
+            .write
+            .query_all_raw(self.stmt(
+                &sql,
+                vec![
+                    owner.into(),
+                    (now + lease_us).into(),
+                    now.into(),
+                    (limit as i64).into(),
+                ],
+            ))
+            .await?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let attempt: i32 = get(row, "attempts")?;
+            jobs.push(ClaimedJob {
+                id: JobId(get::<Uuid>(row, "id")?),
+                action: parse_action(&get::<String>(row, "action")?)?,
+                target: get(row, "target")?,
+                parameters: serde_json::from_str(&get::<String>(row, "parameters")?)
+                    .unwrap_or_default(),
+                attempt,
+                created_at: get(row, "created_at")?,
+                started_at: get::<Option<i64>>(row, "started_at")?.unwrap_or(now),
+                first_attempt: attempt == 1,
+            });
+        }
+        self.add_pending_estimate(-(jobs.len() as i64));
+        Ok(jobs)
+    }
+
+    /// Extends the lease of every job `owner` runs, and returns the ids among them whose cancel
+    /// was requested (possibly through another replica).
+    pub async fn heartbeat(&self, owner: Uuid, lease_us: i64) -> Result<Vec<JobId>, Error> {
+        let until = now_us() + lease_us;
+        exec(
+            &self.inner.write,
+            self.stmt(
+                "UPDATE jobs SET lease_until = $1 WHERE lease_owner = $2 AND status = 'RUNNING'",
+                vec![until.into(), owner.into()],
+            ),
+        )
+        .await?;
+        let rows = self
+            .inner
+            .write
+            .query_all_raw(self.stmt(
+                "SELECT id FROM jobs WHERE lease_owner = $1 AND status = 'RUNNING' AND cancel_requested",
+                vec![owner.into()],
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| Ok(JobId(get::<Uuid>(r, "id")?)))
+            .collect()
+    }
+
+    /// Writes a batch of finished attempts in one transaction. Returns, for each, the status it
+    /// now has, or `None` when the fence refused it (the attempt was no longer current).
+    pub async fn finish_batch(
+        &self,
+        batch: &[Completion],
+    ) -> Result<Vec<Option<JobStatus>>, Error> {
+        let now = now_us();
+        let txn = self.inner.write.begin().await?;
+        let mut out = Vec::with_capacity(batch.len());
+        let mut requeued = 0;
+        for c in batch {
+            let (sql, mut values): (&str, Vec<Value>) = match &c.outcome {
+                Outcome::Success(result) => (
+                    "UPDATE jobs SET status = 'SUCCESS', finished_at = $1, result = $2, error = NULL, lease_owner = NULL, lease_until = NULL \
+                     WHERE id = $3 AND attempts = $4 AND status = 'RUNNING' RETURNING status",
+                    vec![now.into(), Some(result.to_string()).into()],
+                ),
+                Outcome::Failed(error) => (
+                    "UPDATE jobs SET status = 'FAILED', finished_at = $1, error = $2, lease_owner = NULL, lease_until = NULL \
+                     WHERE id = $3 AND attempts = $4 AND status = 'RUNNING' RETURNING status",
+                    vec![now.into(), Some(error.clone()).into()],
+                ),
+                Outcome::Canceled => (
+                    "UPDATE jobs SET status = 'CANCELED', finished_at = $1, error = $2, lease_owner = NULL, lease_until = NULL \
+                     WHERE id = $3 AND attempts = $4 AND status = 'RUNNING' RETURNING status",
+                    vec![now.into(), Some("canceled by request".to_owned()).into()],
+                ),
+                Outcome::Retry { error, .. } => (
+                    "UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'CANCELED' ELSE 'PENDING' END, \
+                     finished_at = CASE WHEN cancel_requested THEN $1 ELSE NULL END, \
+                     run_at = $5, error = $2, lease_owner = NULL, lease_until = NULL \
+                     WHERE id = $3 AND attempts = $4 AND status = 'RUNNING' RETURNING status",
+                    vec![now.into(), Some(error.clone()).into()],
+                ),
+            };
+            values.push(c.id.0.into());
+            values.push(c.attempt.into());
+            if let Outcome::Retry { run_at, .. } = &c.outcome {
+                values.push((*run_at).into());
+            }
+            let row = txn.query_one_raw(self.stmt(sql, values)).await?;
+            let status = row
+                .map(|r| get::<String>(&r, "status").and_then(|s| parse_status(&s)))
+                .transpose()?;
+            if status == Some(JobStatus::Pending) {
+                requeued += 1;
+            }
+            out.push(status);
+        }
+        if requeued > 0 && self.inner.backend == Backend::Postgres {
+            txn.execute_unprepared(&format!("NOTIFY {}", super::JOBS_CHANNEL))
+                .await?;
+        }
+        txn.commit().await?;
+        self.add_pending_estimate(requeued);
+        Ok(out)
+    }
+
+    /// RUNNING jobs whose lease ended before now. With `all_running`, every RUNNING job
+    /// (SQLite at start-up: one process owns the file, so whatever runs is from a dead one).
+    pub async fn expired_leases(
+        &self,
+        all_running: bool,
+        limit: usize,
+    ) -> Result<Vec<LostJob>, Error> {
+        let cutoff = if all_running { i64::MAX } else { now_us() };
+        let rows = self
+            .inner
+            .write
+            .query_all_raw(self.stmt(
+                "SELECT id, action, attempts, started_at, cancel_requested FROM jobs WHERE status = 'RUNNING' AND lease_until < $1 LIMIT $2",
+                vec![cutoff.into(), (limit as i64).into()],
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LostJob {
+                    id: JobId(get::<Uuid>(r, "id")?),
+                    action: parse_action(&get::<String>(r, "action")?)?,
+                    attempt: get(r, "attempts")?,
+                    started_at: get(r, "started_at")?,
+                    cancel_requested: get(r, "cancel_requested")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Global queue figures. Also resynchronises the admission estimate.
+    pub async fn queue_stats(&self) -> Result<QueueStats, Error> {
+        let row = self
+            .inner
+            .read
+            .query_one_raw(self.stmt(
+                "SELECT COUNT(*) AS n, MIN(run_at) AS oldest FROM jobs WHERE status = 'PENDING'",
+                vec![],
+            ))
+            .await?;
+        let stats = match row {
+            Some(r) => QueueStats {
+                pending: get(&r, "n")?,
+                oldest_run_at: get(&r, "oldest")?,
+            },
+            None => QueueStats::default(),
+        };
+        self.inner
+            .pending_estimate
+            .store(stats.pending, Ordering::Relaxed);
+        Ok(stats)
+    }
+
+    /// A cheap query that succeeds when the database answers.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.inner
+            .read
+            .query_one_raw(self.stmt("SELECT 1 AS one", vec![]))
+            .await?;
+        Ok(())
+    }
+}
