@@ -46,19 +46,9 @@ impl App {
         let store = Store::connect(&config).await?;
         store.migrate().await?;
         let metrics = Arc::new(Metrics::new()?);
-        let runners = Runners::all(Arc::new(SimulatedRunner::new(
-            config.sim_duration_ms,
-            config.sim_failure_rate,
-        )));
-        let executor =
-            Arc::new(Executor::start(store.clone(), metrics.clone(), runners, &config).await?);
-        Ok(Self {
-            config,
-            store,
-            metrics,
-            executor,
-            accepting: Arc::new(AtomicBool::new(true)),
-        })
+        let runners = Runners::all(Arc::new(SimulatedRunner::new(config.sim_duration_ms, config.sim_failure_rate)));
+        let executor = Arc::new(Executor::start(store.clone(), metrics.clone(), runners, &config).await?);
+        Ok(Self { config, store, metrics, executor, accepting: Arc::new(AtomicBool::new(true)) })
     }
 
     /// Serves on `listener` until `shutdown` resolves, then shuts down in order: readiness
@@ -70,11 +60,7 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
         let acceptor = TcpAcceptor::from_tokio(listener)?;
-        let addr = acceptor
-            .local_addr()
-            .first()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let addr = acceptor.local_addr().first().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!(addr = %addr, "serving HTTP");
         let state = api::State {
             store: self.store.clone(),

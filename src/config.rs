@@ -52,8 +52,9 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:8000")]
     pub listen: SocketAddr,
 
-    /// Jobs executed at once by this process.
-    #[arg(long, env = "GATEWAY_WORKERS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    /// Jobs executed at once by this process. `0` makes an API-only replica: it accepts and
+    /// serves jobs but runs none (other replicas on the same PostgreSQL database run them).
+    #[arg(long, env = "GATEWAY_WORKERS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub workers: u32,
 
     /// Pending jobs accepted before new ones are refused with 429 and Retry-After.
@@ -141,8 +142,7 @@ impl Config {
 
     /// A config for tests and embedding: every default, the given database.
     pub fn for_database(url: &str) -> Result<Self, String> {
-        let cli = Cli::try_parse_from(["automation-gateway", "--database-url", url])
-            .map_err(|e| e.to_string())?;
+        let cli = Cli::try_parse_from(["automation-gateway", "--database-url", url]).map_err(|e| e.to_string())?;
         Ok(cli.config)
     }
 
@@ -172,15 +172,8 @@ impl Config {
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number"))?;
-    if (0.0..=1.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!("{v} is outside 0..1"))
-    }
+    let v: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if (0.0..=1.0).contains(&v) { Ok(v) } else { Err(format!("{v} is outside 0..1")) }
 }
 
 /// A database URL whose password is never printed.
@@ -203,9 +196,7 @@ impl FromStr for DatabaseUrl {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let ok = ["sqlite:", "postgres://", "postgresql://"]
-            .iter()
-            .any(|p| s.starts_with(p));
+        let ok = ["sqlite:", "postgres://", "postgresql://"].iter().any(|p| s.starts_with(p));
         if !ok {
             return Err("must start with sqlite:, postgres:// or postgresql://".into());
         }
@@ -244,11 +235,7 @@ impl FromStr for SimDuration {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let num = |p: &str| {
-            p.trim()
-                .parse::<u64>()
-                .map_err(|_| format!("'{p}' is not a whole number of milliseconds"))
-        };
+        let num = |p: &str| p.trim().parse::<u64>().map_err(|_| format!("'{p}' is not a whole number of milliseconds"));
         let (min_ms, max_ms) = match s.split_once('-') {
             Some((a, b)) => (num(a)?, num(b)?),
             None => (num(s)?, num(s)?),
@@ -328,10 +315,7 @@ pub struct ActionPolicies(BTreeMap<Action, ActionPolicy>);
 impl ActionPolicies {
     /// The policy for an action.
     pub fn get(&self, action: Action) -> ActionPolicy {
-        self.0
-            .get(&action)
-            .copied()
-            .unwrap_or_else(|| ActionPolicy::default_for(action))
+        self.0.get(&action).copied().unwrap_or_else(|| ActionPolicy::default_for(action))
     }
 }
 
@@ -339,25 +323,14 @@ impl FromStr for ActionPolicies {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut map: BTreeMap<Action, ActionPolicy> = Action::ALL
-            .iter()
-            .map(|a| (*a, ActionPolicy::default_for(*a)))
-            .collect();
+        let mut map: BTreeMap<Action, ActionPolicy> =
+            Action::ALL.iter().map(|a| (*a, ActionPolicy::default_for(*a))).collect();
         for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            let (key, value) = item
-                .split_once('=')
-                .ok_or_else(|| format!("'{item}': expected ACTION.KEY=VALUE"))?;
-            let (action, field) = key
-                .split_once('.')
-                .ok_or_else(|| format!("'{key}': expected ACTION.KEY"))?;
-            let action: Action = action
-                .parse()
-                .map_err(|e: crate::jobs::Error| e.to_string())?;
+            let (key, value) = item.split_once('=').ok_or_else(|| format!("'{item}': expected ACTION.KEY=VALUE"))?;
+            let (action, field) = key.split_once('.').ok_or_else(|| format!("'{key}': expected ACTION.KEY"))?;
+            let action: Action = action.parse().map_err(|e: crate::jobs::Error| e.to_string())?;
             let p = map.get_mut(&action).ok_or("unreachable")?;
-            let int = |v: &str| {
-                v.parse::<u64>()
-                    .map_err(|_| format!("'{item}': '{v}' is not a whole number"))
-            };
+            let int = |v: &str| v.parse::<u64>().map_err(|_| format!("'{item}': '{v}' is not a whole number"));
             match field {
                 "timeout_ms" => {
                     let ms = int(value)?;
@@ -379,9 +352,7 @@ impl FromStr for ActionPolicies {
                         "fail" => OnLost::Fail,
                         "retry" => OnLost::Retry,
                         other => {
-                            return Err(format!(
-                                "'{item}': on_lost must be fail or retry, not '{other}'"
-                            ));
+                            return Err(format!("'{item}': on_lost must be fail or retry, not '{other}'"));
                         }
                     }
                 }
@@ -415,22 +386,14 @@ mod tests {
 
     #[test]
     fn sim_duration_accepts_ranges_and_refuses_reversed_ones() {
-        assert_eq!(
-            "5-20".parse::<SimDuration>().unwrap(),
-            SimDuration {
-                min_ms: 5,
-                max_ms: 20
-            }
-        );
+        assert_eq!("5-20".parse::<SimDuration>().unwrap(), SimDuration { min_ms: 5, max_ms: 20 });
         assert!("20-5".parse::<SimDuration>().is_err());
         assert!("abc".parse::<SimDuration>().is_err());
     }
 
     #[test]
     fn policies_override_one_field() {
-        let p: ActionPolicies = "health_check.max_attempts=5,restart_service.on_lost=retry"
-            .parse()
-            .unwrap();
+        let p: ActionPolicies = "health_check.max_attempts=5,restart_service.on_lost=retry".parse().unwrap();
         assert_eq!(p.get(Action::HealthCheck).max_attempts, 5);
         assert_eq!(p.get(Action::RestartService).on_lost, OnLost::Retry);
         assert!("health_check.bogus=1".parse::<ActionPolicies>().is_err());

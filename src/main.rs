@@ -60,7 +60,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let app = App::build(config).await?;
-    app.run(listener, automation_gateway::shutdown_signal())
-        .await?;
+    app.run(listener, automation_gateway::shutdown_signal()).await?;
     Ok(())
 }

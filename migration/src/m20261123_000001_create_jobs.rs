@@ -44,12 +44,7 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(Jobs::RequestedBy).string_len(320).not_null())
                     .col(ColumnDef::new(Jobs::Parameters).text().not_null())
                     .col(ColumnDef::new(Jobs::Status).string_len(16).not_null())
-                    .col(
-                        ColumnDef::new(Jobs::Attempts)
-                            .integer()
-                            .not_null()
-                            .default(0),
-                    )
+                    .col(ColumnDef::new(Jobs::Attempts).integer().not_null().default(0))
                     .col(ColumnDef::new(Jobs::Error).text().null())
                     .col(ColumnDef::new(Jobs::Result).text().null())
                     .col(ColumnDef::new(Jobs::CreatedAt).big_integer().not_null())
@@ -58,18 +53,9 @@ impl MigrationTrait for Migration {
                     .col(ColumnDef::new(Jobs::FinishedAt).big_integer().null())
                     .col(ColumnDef::new(Jobs::LeaseOwner).uuid().null())
                     .col(ColumnDef::new(Jobs::LeaseUntil).big_integer().null())
-                    .col(
-                        ColumnDef::new(Jobs::CancelRequested)
-                            .boolean()
-                            .not_null()
-                            .default(false),
-                    )
+                    .col(ColumnDef::new(Jobs::CancelRequested).boolean().not_null().default(false))
                     .col(ColumnDef::new(Jobs::IdempotencyKey).string_len(255).null())
-                    .col(
-                        ColumnDef::new(Jobs::RequestFingerprint)
-                            .string_len(64)
-                            .null(),
-                    )
+                    .col(ColumnDef::new(Jobs::RequestFingerprint).string_len(64).null())
                     .to_owned(),
             )
             .await?;
@@ -87,18 +73,13 @@ impl MigrationTrait for Migration {
         )
         .await?;
         // Race-safe idempotency: concurrent duplicates collide here. NULL keys never collide.
-        db.execute_unprepared(
-            "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_key_idx ON jobs (idempotency_key)",
-        )
-        .await?;
-        db.execute_unprepared("CREATE INDEX IF NOT EXISTS jobs_status_id_idx ON jobs (status, id)")
+        db.execute_unprepared("CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_key_idx ON jobs (idempotency_key)")
             .await?;
+        db.execute_unprepared("CREATE INDEX IF NOT EXISTS jobs_status_id_idx ON jobs (status, id)").await?;
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_table(Table::drop().table(Jobs::Table).to_owned())
-            .await
+        manager.drop_table(Table::drop().table(Jobs::Table).to_owned()).await
     }
 }

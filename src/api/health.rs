@@ -25,10 +25,7 @@ pub enum ReadyResponse {
 }
 
 fn not_ready(reason: &str) -> ReadyResponse {
-    ReadyResponse::NotReady(Json(Readiness {
-        status: "not_ready".into(),
-        reason: Some(reason.into()),
-    }))
+    ReadyResponse::NotReady(Json(Readiness { status: "not_ready".into(), reason: Some(reason.into()) }))
 }
 
 #[OpenApi(tag = "ApiTags::Health")]
@@ -38,9 +35,7 @@ impl HealthApi {
     /// 200 while the process serves HTTP. Touches no database.
     #[oai(path = "/healthz", method = "get", operation_id = "health.live")]
     async fn healthz(&self) -> Json<Health> {
-        Json(Health {
-            status: "ok".into(),
-        })
+        Json(Health { status: "ok".into() })
     }
 
     /// Readiness
@@ -53,10 +48,7 @@ impl HealthApi {
             return not_ready("shutting down");
         }
         match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ready()).await {
-            Ok(Ok(true)) => ReadyResponse::Ready(Json(Readiness {
-                status: "ready".into(),
-                reason: None,
-            })),
+            Ok(Ok(true)) => ReadyResponse::Ready(Json(Readiness { status: "ready".into(), reason: None })),
             Ok(Ok(false)) => not_ready("database migrations are pending"),
             Ok(Err(_)) => not_ready("database unavailable"),
             Err(_) => not_ready("database did not answer within 2 s"),

@@ -181,9 +181,7 @@ fn encode_cursor(id: JobId) -> String {
 }
 
 fn decode_cursor(s: &str) -> Option<JobId> {
-    s.strip_prefix("c1_")
-        .and_then(|hex| Uuid::try_parse(hex).ok())
-        .map(JobId)
+    s.strip_prefix("c1_").and_then(|hex| Uuid::try_parse(hex).ok()).map(JobId)
 }
 
 #[OpenApi(prefix_path = "/v1", tag = "ApiTags::Jobs")]
@@ -204,31 +202,17 @@ impl JobsApi {
         idempotency_key: Header<Option<String>>,
     ) -> Result<CreateResponse, CreateError> {
         let req = body.0;
-        let job = NewJob::parse(
-            &req.action,
-            &req.target,
-            &req.requested_by,
-            req.parameters.map(|m| m.into_iter().collect()),
-        )
-        .map_err(problem::<CreateError>)?;
+        let job =
+            NewJob::parse(&req.action, &req.target, &req.requested_by, req.parameters.map(|m| m.into_iter().collect()))
+                .map_err(problem::<CreateError>)?;
         let (action, target) = (job.action, job.target.clone());
-        let out = state
-            .store
-            .enqueue(job, idempotency_key.0)
-            .await
-            .map_err(problem::<CreateError>)?;
+        let out = state.store.enqueue(job, idempotency_key.0).await.map_err(problem::<CreateError>)?;
         if out.created {
             state.metrics.job_created(action);
             tracing::info!(job_id = %out.id, action = %action, target = %target, "job accepted");
         }
         let location = format!("/v1/jobs/{}", out.id);
-        Ok(CreateResponse::Accepted(
-            Json(JobAccepted {
-                job_id: out.id.0,
-                status: out.status.into(),
-            }),
-            location,
-        ))
+        Ok(CreateResponse::Accepted(Json(JobAccepted { job_id: out.id.0, status: out.status.into() }), location))
     }
 
     /// Get a job
@@ -244,9 +228,7 @@ impl JobsApi {
     ) -> Result<Json<JobOut>, GetError> {
         match state.store.get(JobId(job_id.0)).await {
             Ok(job) => Ok(Json(job.into())),
-            Err(crate::store::Error::NotFound) => {
-                Err(GetError::from(Problem::job_not_found(job_id.0)))
-            }
+            Err(crate::store::Error::NotFound) => Err(GetError::from(Problem::job_not_found(job_id.0))),
             Err(e) => Err(problem(e)),
         }
     }
@@ -256,6 +238,8 @@ impl JobsApi {
     /// Newest first, filtered by any of `status`, `action`, `target` and `requested_by`.
     /// Follow `next_cursor` for the next page.
     #[oai(path = "/jobs", method = "get", operation_id = "jobs.list")]
+    // poem-openapi takes each query parameter as its own argument.
+    #[allow(clippy::too_many_arguments)]
     async fn list(
         &self,
         state: Data<&State>,
@@ -276,15 +260,13 @@ impl JobsApi {
         #[oai(validator(max_length = 64))]
         cursor: Query<Option<String>>,
     ) -> Result<Json<JobPage>, ListError> {
-        let before = match cursor.0.as_deref() {
-            None | Some("") => None,
-            Some(c) => Some(decode_cursor(c).ok_or_else(|| {
-                ListError::from(Problem::bad_request(
-                    "cursor",
-                    "not a cursor returned by this API",
-                ))
-            })?),
-        };
+        let before =
+            match cursor.0.as_deref() {
+                None | Some("") => None,
+                Some(c) => Some(decode_cursor(c).ok_or_else(|| {
+                    ListError::from(Problem::bad_request("cursor", "not a cursor returned by this API"))
+                })?),
+            };
         let filter = JobFilter {
             status: status.0.map(JobStatus::from),
             action: action.0.map(Into::into),
@@ -292,11 +274,7 @@ impl JobsApi {
             requested_by: requested_by.0,
             before,
         };
-        let page = state
-            .store
-            .list(&filter, u64::from(limit.0.unwrap_or(50)))
-            .await
-            .map_err(problem::<ListError>)?;
+        let page = state.store.list(&filter, u64::from(limit.0.unwrap_or(50))).await.map_err(problem::<ListError>)?;
         Ok(Json(JobPage {
             items: page.items.into_iter().map(JobOut::from).collect(),
             next_cursor: page.next.map(encode_cursor),
@@ -309,11 +287,7 @@ impl JobsApi {
     /// CANCELED; the call waits up to 5 s for that and answers 202 if the job is still stopping.
     /// A job that finished before the cancel took effect keeps its real status. A job that had
     /// already finished is a 409.
-    #[oai(
-        path = "/jobs/:job_id/cancel",
-        method = "post",
-        operation_id = "jobs.cancel"
-    )]
+    #[oai(path = "/jobs/:job_id/cancel", method = "post", operation_id = "jobs.cancel")]
     async fn cancel(
         &self,
         state: Data<&State>,

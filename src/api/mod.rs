@@ -42,16 +42,12 @@ pub struct State {
 }
 
 fn service() -> OpenApiService<(jobs::JobsApi, health::HealthApi), ()> {
-    OpenApiService::new(
-        (jobs::JobsApi, health::HealthApi),
-        "automation-gateway",
-        env!("CARGO_PKG_VERSION"),
-    )
-    .description(
-        "One REST API to trigger automation actions as durable, asynchronous jobs, with business \
+    OpenApiService::new((jobs::JobsApi, health::HealthApi), "automation-gateway", env!("CARGO_PKG_VERSION"))
+        .description(
+            "One REST API to trigger automation actions as durable, asynchronous jobs, with business \
              metrics for Prometheus. Every error is `application/problem+json` (RFC 9457).",
-    )
-    .license("Apache-2.0")
+        )
+        .license("Apache-2.0")
 }
 
 /// The OpenAPI document, exactly as served at `/openapi.json`.
@@ -78,17 +74,13 @@ pub fn routes(state: State, max_body_bytes: usize) -> impl Endpoint {
 
 #[handler]
 fn openapi_json(spec: Data<&Arc<String>>) -> Response {
-    Response::builder()
-        .content_type("application/json")
-        .body(spec.0.as_str().to_owned())
+    Response::builder().content_type("application/json").body(spec.0.as_str().to_owned())
 }
 
 #[handler]
 fn metrics_text(state: Data<&State>) -> Response {
     match state.metrics.encode() {
-        Ok(text) => Response::builder()
-            .content_type("text/plain; version=0.0.4; charset=utf-8")
-            .body(text),
+        Ok(text) => Response::builder().content_type("text/plain; version=0.0.4; charset=utf-8").body(text),
         Err(e) => {
             tracing::error!(error = %e, "encoding metrics failed");
             problem::response(&problem::Problem::internal()).into_response()

@@ -118,10 +118,7 @@ pub struct JobAccepted {
 }
 
 fn accepted_example() -> JobAccepted {
-    JobAccepted {
-        job_id: example_id(),
-        status: JobStatusOut::Pending,
-    }
+    JobAccepted { job_id: example_id(), status: JobStatusOut::Pending }
 }
 
 fn example_id() -> Uuid {

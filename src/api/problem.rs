@@ -10,8 +10,7 @@ use crate::jobs;
 use crate::store;
 
 /// Problem type URIs are relative references into the README's error section.
-const TYPE_BASE: &str =
-    "https://github.com/example-org/automation-gateway/blob/main/README.md#problem-";
+const TYPE_BASE: &str = "https://github.com/example-org/automation-gateway/blob/main/README.md#problem-";
 
 /// Seconds a client should wait before retrying a 429 or 503.
 pub const RETRY_AFTER_SECS: u32 = 1;
@@ -47,11 +46,7 @@ pub struct FieldError {
 }
 
 fn problem_example() -> Problem {
-    Problem::new(
-        StatusCode::NOT_FOUND,
-        "not-found",
-        "no job with id 0192f0a0-7c5e-7a8e-9d1a-2b3c4d5e6f70",
-    )
+    Problem::new(StatusCode::NOT_FOUND, "not-found", "no job with id 0192f0a0-7c5e-7a8e-9d1a-2b3c4d5e6f70")
 }
 
 impl Problem {
@@ -69,34 +64,19 @@ impl Problem {
 
     /// 404 for a job id.
     pub fn job_not_found(id: impl std::fmt::Display) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            format!("no job with id {id}"),
-        )
+        Self::new(StatusCode::NOT_FOUND, "not-found", format!("no job with id {id}"))
     }
 
     /// 500, opaque: the cause goes to the log, never to the client.
     pub fn internal() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; see the service log",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the service log")
     }
 
     /// 400 for a bad parameter.
     pub fn bad_request(field: &str, message: impl Into<String>) -> Self {
         let message = message.into();
-        let mut p = Self::new(
-            StatusCode::BAD_REQUEST,
-            "bad-request",
-            format!("{field}: {message}"),
-        );
-        p.errors = Some(vec![FieldError {
-            field: field.to_owned(),
-            message,
-        }]);
+        let mut p = Self::new(StatusCode::BAD_REQUEST, "bad-request", format!("{field}: {message}"));
+        p.errors = Some(vec![FieldError { field: field.to_owned(), message }]);
         p
     }
 }
@@ -105,33 +85,14 @@ impl From<jobs::Error> for Problem {
     fn from(e: jobs::Error) -> Self {
         match &e {
             jobs::Error::UnknownAction { .. } => {
-                let mut p = Self::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "unknown-action",
-                    e.to_string(),
-                );
-                p.errors = Some(vec![FieldError {
-                    field: "action".into(),
-                    message: e.to_string(),
-                }]);
-                p.supported_actions = Some(
-                    jobs::Action::supported()
-                        .into_iter()
-                        .map(String::from)
-                        .collect(),
-                );
+                let mut p = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown-action", e.to_string());
+                p.errors = Some(vec![FieldError { field: "action".into(), message: e.to_string() }]);
+                p.supported_actions = Some(jobs::Action::supported().into_iter().map(String::from).collect());
                 p
             }
             jobs::Error::Validation { field, reason } => {
-                let mut p = Self::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "validation",
-                    e.to_string(),
-                );
-                p.errors = Some(vec![FieldError {
-                    field: (*field).into(),
-                    message: reason.clone(),
-                }]);
+                let mut p = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation", e.to_string());
+                p.errors = Some(vec![FieldError { field: (*field).into(), message: reason.clone() }]);
                 p
             }
         }
@@ -143,18 +104,12 @@ impl From<store::Error> for Problem {
         match &e {
             store::Error::NotFound => Self::new(StatusCode::NOT_FOUND, "not-found", "no such job"),
             store::Error::Conflict(why) => Self::new(StatusCode::CONFLICT, "conflict", why.clone()),
-            store::Error::QueueFull { .. } => Self::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "queue-full",
-                format!("{e}; retry later"),
-            ),
+            store::Error::QueueFull { .. } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "queue-full", format!("{e}; retry later"))
+            }
             store::Error::Unavailable(_) => {
                 tracing::warn!(error = %e, error.cause = ?std::error::Error::source(&e), "database unavailable");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the database is unavailable; retry later",
-                )
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the database is unavailable; retry later")
             }
             store::Error::ShuttingDown => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -173,13 +128,9 @@ impl From<store::Error> for Problem {
 pub fn response(p: &Problem) -> Response {
     let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = poem_openapi::types::ToJSON::to_json_string(p);
-    let mut resp = Response::builder()
-        .status(status)
-        .content_type("application/problem+json")
-        .body(body);
+    let mut resp = Response::builder().status(status).content_type("application/problem+json").body(body);
     if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
     }
     resp
 }
@@ -195,10 +146,7 @@ impl<E: Endpoint> Middleware<E> for Problems {
     type Output = ProblemsEndpoint<E>;
 
     fn transform(&self, ep: E) -> Self::Output {
-        ProblemsEndpoint {
-            inner: ep,
-            max_body_bytes: self.max_body_bytes,
-        }
+        ProblemsEndpoint { inner: ep, max_body_bytes: self.max_body_bytes }
     }
 }
 
@@ -219,16 +167,12 @@ impl<E: Endpoint> Endpoint for ProblemsEndpoint<E> {
                 "request body is larger than the limit",
             ))
         };
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared =
+            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
             return Ok(too_large());
         }
-        if declared.is_some_and(|n| n > 0) || req.headers().contains_key(header::TRANSFER_ENCODING)
-        {
+        if declared.is_some_and(|n| n > 0) || req.headers().contains_key(header::TRANSFER_ENCODING) {
             match req.take_body().into_bytes_limit(self.max_body_bytes).await {
                 Ok(bytes) => req.set_body(bytes),
                 Err(poem::error::ReadBodyError::PayloadTooLarge) => return Ok(too_large()),
@@ -279,11 +223,7 @@ impl<E: Endpoint> Endpoint for ProblemsEndpoint<E> {
             .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
         if (resp.status().is_client_error() || resp.status().is_server_error()) && !is_problem {
             let status = resp.status();
-            return Ok(response(&Problem::new(
-                status,
-                "error",
-                status.canonical_reason().unwrap_or("error"),
-            )));
+            return Ok(response(&Problem::new(status, "error", status.canonical_reason().unwrap_or("error"))));
         }
         Ok(resp)
     }

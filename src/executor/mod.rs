@@ -49,6 +49,7 @@ struct Ctx {
 struct Finished {
     completion: Completion,
     action: Action,
+    target: String,
     started_at: i64,
 }
 
@@ -95,16 +96,8 @@ impl Executor {
         }
         let stop_claiming = CancellationToken::new();
         let mut background = JoinSet::new();
-        background.spawn(heartbeat_loop(
-            ctx.clone(),
-            lease / 3,
-            stop_claiming.clone(),
-        ));
-        background.spawn(recovery_loop(
-            ctx.clone(),
-            (lease / 2).max(Duration::from_secs(1)),
-            stop_claiming.clone(),
-        ));
+        background.spawn(heartbeat_loop(ctx.clone(), lease / 3, stop_claiming.clone()));
+        background.spawn(recovery_loop(ctx.clone(), (lease / 2).max(Duration::from_secs(1)), stop_claiming.clone()));
         background.spawn(sample_loop(ctx.clone(), stop_claiming.clone()));
         if let Some(pool) = store.pg_pool() {
             background.spawn(listen_loop(ctx.clone(), pool, stop_claiming.clone()));
@@ -120,11 +113,7 @@ impl Executor {
         Ok(Self {
             ctx,
             stop_claiming,
-            tasks: tokio::sync::Mutex::new(Some(Tasks {
-                dispatcher,
-                completer,
-                background,
-            })),
+            tasks: tokio::sync::Mutex::new(Some(Tasks { dispatcher, completer, background })),
             grace: Duration::from_secs(config.shutdown_grace_secs),
         })
     }
@@ -135,11 +124,9 @@ impl Executor {
     pub async fn cancel(&self, id: JobId, wait: Duration) -> Result<JobStatus, store::Error> {
         match self.ctx.store.cancel(id).await? {
             JobStatus::Canceled => {
-                tracing::info!(job_id = %id, "job canceled while pending");
                 if let Ok(job) = self.ctx.store.get(id).await {
-                    self.ctx
-                        .metrics
-                        .job_finished(job.action, JobStatus::Canceled, None);
+                    tracing::info!(job_id = %id, action = %job.action, target = %job.target, "job canceled while pending");
+                    self.ctx.metrics.job_finished(job.action, JobStatus::Canceled, None);
                 }
                 Ok(JobStatus::Canceled)
             }
@@ -186,19 +173,12 @@ impl Executor {
 }
 
 fn poisoned() -> store::Error {
-    store::Error::Other(sea_orm::DbErr::Custom(
-        "executor state lock poisoned".into(),
-    ))
+    store::Error::Other(sea_orm::DbErr::Custom("executor state lock poisoned".into()))
 }
 
 /// Claims work whenever there are free workers and something may be runnable. A wake-up is
 /// never lost: the `Notified` futures are enabled before the claim query runs.
-async fn dispatch_loop(
-    ctx: Arc<Ctx>,
-    permits: Arc<Semaphore>,
-    poll: Duration,
-    stop: CancellationToken,
-) {
+async fn dispatch_loop(ctx: Arc<Ctx>, permits: Arc<Semaphore>, poll: Duration, stop: CancellationToken) {
     let enqueued = ctx.store.enqueued_signal();
     let mut workers = JoinSet::new();
     let mut backoff = Duration::from_millis(50);
@@ -310,16 +290,16 @@ async fn write_completions(ctx: &Ctx, batch: Vec<Finished>) {
         match status {
             Some(JobStatus::Pending) => {
                 ctx.metrics.job_retried(f.action);
-                tracing::info!(job_id = %id, action = %f.action, attempt = f.completion.attempt, "job attempt failed; retry scheduled");
+                tracing::info!(job_id = %id, action = %f.action, target = %f.target, attempt = f.completion.attempt, "job attempt failed; retry scheduled");
             }
             Some(status) if status.is_terminal() => {
                 let took = Duration::from_micros(now.saturating_sub(f.started_at).max(0) as u64);
                 ctx.metrics.job_finished(f.action, status, Some(took));
-                tracing::info!(job_id = %id, action = %f.action, status = %status, duration_ms = took.as_millis() as u64, "job finished");
+                tracing::info!(job_id = %id, action = %f.action, target = %f.target, status = %status, duration_ms = took.as_millis() as u64, "job finished");
             }
             Some(_) => {}
             None => {
-                tracing::warn!(job_id = %id, action = %f.action, attempt = f.completion.attempt, "result discarded: the attempt is no longer current (lease lost)")
+                tracing::warn!(job_id = %id, action = %f.action, target = %f.target, attempt = f.completion.attempt, "result discarded: the attempt is no longer current (lease lost)")
             }
         }
     }
@@ -390,9 +370,9 @@ async fn recover(ctx: &Ctx, all_running: bool) -> Result<(), store::Error> {
                 } else {
                     lost_outcome(policy.on_lost, policy.max_attempts, l.attempt, why, now)
                 };
-                tracing::warn!(job_id = %l.id, action = %l.action, attempt = l.attempt, "recovering job from an expired lease");
+                tracing::warn!(job_id = %l.id, action = %l.action, target = %l.target, attempt = l.attempt, "recovering job from an expired lease");
                 ctx.metrics.lease_lost(l.action);
-                Finished { completion: Completion { id: l.id, attempt: l.attempt, outcome }, action: l.action, started_at: l.started_at.unwrap_or(now) }
+                Finished { completion: Completion { id: l.id, attempt: l.attempt, outcome }, action: l.action, target: l.target.clone(), started_at: l.started_at.unwrap_or(now) }
             })
             .collect();
         let n = batch.len();
@@ -403,18 +383,9 @@ async fn recover(ctx: &Ctx, all_running: bool) -> Result<(), store::Error> {
     }
 }
 
-fn lost_outcome(
-    on_lost: OnLost,
-    max_attempts: u32,
-    attempt: i32,
-    why: String,
-    now: i64,
-) -> Outcome {
+fn lost_outcome(on_lost: OnLost, max_attempts: u32, attempt: i32, why: String, now: i64) -> Outcome {
     match on_lost {
-        OnLost::Retry if (attempt as u32) < max_attempts => Outcome::Retry {
-            error: why,
-            run_at: now,
-        },
+        OnLost::Retry if (attempt as u32) < max_attempts => Outcome::Retry { error: why, run_at: now },
         _ => Outcome::Failed(why),
     }
 }
@@ -429,12 +400,8 @@ async fn sample_loop(ctx: Arc<Ctx>, stop: CancellationToken) {
         }
         match ctx.store.queue_stats().await {
             Ok(s) => {
-                let age_us = s
-                    .oldest_run_at
-                    .map(|t| store::now_us().saturating_sub(t).max(0))
-                    .unwrap_or(0);
-                ctx.metrics
-                    .queue_sampled(s.pending, Duration::from_micros(age_us as u64));
+                let age_us = s.oldest_run_at.map(|t| store::now_us().saturating_sub(t).max(0)).unwrap_or(0);
+                ctx.metrics.queue_sampled(s.pending, Duration::from_micros(age_us as u64));
             }
             Err(e) => tracing::debug!(error = %e, "queue sampling failed"),
         }
@@ -456,10 +423,7 @@ async fn listen_loop(ctx: Arc<Ctx>, pool: sqlx::PgPool, stop: CancellationToken)
                 }
             }
         };
-        if let Err(e) = listener
-            .listen_all([store::JOBS_CHANNEL, store::CANCEL_CHANNEL])
-            .await
-        {
+        if let Err(e) = listener.listen_all([store::JOBS_CHANNEL, store::CANCEL_CHANNEL]).await {
             tracing::debug!(error = %e, "LISTEN failed");
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -488,9 +452,7 @@ async fn listen_loop(ctx: Arc<Ctx>, pool: sqlx::PgPool, stop: CancellationToken)
 /// Delay before the next attempt: `backoff * 2^(attempt-1)`, capped at 5 minutes, with "equal
 /// jitter" (half fixed, half random) so retries of many jobs do not arrive in lockstep.
 fn retry_delay(backoff: Duration, attempt: i32) -> Duration {
-    let exp = backoff
-        .saturating_mul(1u32 << (attempt.clamp(1, 20) - 1) as u32)
-        .min(Duration::from_secs(300));
+    let exp = backoff.saturating_mul(1u32 << (attempt.clamp(1, 20) - 1) as u32).min(Duration::from_secs(300));
     let half = exp / 2;
     half + half.mul_f64(rand::rng().random::<f64>())
 }
@@ -513,17 +475,8 @@ mod tests {
 
     #[test]
     fn lost_job_policy_is_honoured() {
-        assert!(matches!(
-            lost_outcome(OnLost::Fail, 3, 1, "x".into(), 0),
-            Outcome::Failed(_)
-        ));
-        assert!(matches!(
-            lost_outcome(OnLost::Retry, 3, 1, "x".into(), 0),
-            Outcome::Retry { .. }
-        ));
-        assert!(matches!(
-            lost_outcome(OnLost::Retry, 3, 3, "x".into(), 0),
-            Outcome::Failed(_)
-        ));
+        assert!(matches!(lost_outcome(OnLost::Fail, 3, 1, "x".into(), 0), Outcome::Failed(_)));
+        assert!(matches!(lost_outcome(OnLost::Retry, 3, 1, "x".into(), 0), Outcome::Retry { .. }));
+        assert!(matches!(lost_outcome(OnLost::Retry, 3, 3, "x".into(), 0), Outcome::Failed(_)));
     }
 }

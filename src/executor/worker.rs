@@ -16,7 +16,8 @@ use crate::config::ActionPolicy;
 use crate::store::{ClaimedJob, Completion, Outcome, now_us};
 
 pub(super) async fn run(ctx: Arc<Ctx>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
-    let span = tracing::info_span!("job", job_id = %job.id, action = %job.action, target = %job.target, attempt = job.attempt);
+    let span =
+        tracing::info_span!("job", job_id = %job.id, action = %job.action, target = %job.target, attempt = job.attempt);
     run_attempt(&ctx, job).instrument(span).await;
     drop(permit);
     ctx.capacity.notify_one();
@@ -27,12 +28,11 @@ async fn run_attempt(ctx: &Ctx, job: ClaimedJob) {
     if let Ok(mut running) = ctx.running.lock() {
         running.insert(job.id, token.clone());
     }
-    let queue_wait = job.first_attempt.then(|| {
-        Duration::from_micros(job.started_at.saturating_sub(job.created_at).max(0) as u64)
-    });
+    let queue_wait =
+        job.first_attempt.then(|| Duration::from_micros(job.started_at.saturating_sub(job.created_at).max(0) as u64));
     ctx.metrics.job_started(job.action, queue_wait);
     // Tests count executions with this line: it is written once per attempt that runs.
-    tracing::info!("job attempt started");
+    tracing::info!(job_id = %job.id, action = %job.action, target = %job.target, attempt = job.attempt, "job attempt started");
 
     let policy = ctx.policies.get(job.action);
     let request = RunRequest {
@@ -46,13 +46,13 @@ async fn run_attempt(ctx: &Ctx, job: ClaimedJob) {
     let outcome = tokio::select! {
         biased;
         _ = token.cancelled() => {
-            tracing::info!("job attempt canceled on request");
+            tracing::info!(job_id = %job.id, action = %job.action, target = %job.target, "job attempt canceled on request");
             Outcome::Canceled
         }
         _ = ctx.hard_stop.cancelled() => {
             // The shutdown grace period ran out. The attempt is cut short as if its worker had
             // died, so the action's lost-job policy decides what happens next.
-            tracing::warn!("job attempt interrupted by shutdown");
+            tracing::warn!(job_id = %job.id, action = %job.action, target = %job.target, "job attempt interrupted by shutdown");
             lost_outcome(policy.on_lost, policy.max_attempts, job.attempt, "worker lost: interrupted by shutdown".into(), now_us())
         }
         r = tokio::time::timeout(policy.timeout, run) => match r {
@@ -63,12 +63,9 @@ async fn run_attempt(ctx: &Ctx, job: ClaimedJob) {
         },
     };
     let finished = Finished {
-        completion: Completion {
-            id: job.id,
-            attempt: job.attempt,
-            outcome,
-        },
+        completion: Completion { id: job.id, attempt: job.attempt, outcome },
         action: job.action,
+        target: job.target.clone(),
         started_at: job.started_at,
     };
     if ctx.completions.send(finished).is_err() {
@@ -84,10 +81,7 @@ async fn run_attempt(ctx: &Ctx, job: ClaimedJob) {
 fn failure(policy: &ActionPolicy, attempt: i32, error: String) -> Outcome {
     if (attempt as u32) < policy.max_attempts {
         let delay = retry_delay(policy.backoff, attempt);
-        Outcome::Retry {
-            error,
-            run_at: now_us() + delay.as_micros() as i64,
-        }
+        Outcome::Retry { error, run_at: now_us() + delay.as_micros() as i64 }
     } else {
         Outcome::Failed(error)
     }

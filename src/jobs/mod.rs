@@ -50,11 +50,7 @@ pub enum Action {
 
 impl Action {
     /// Every action, in a stable order (used for metrics seeding and error messages).
-    pub const ALL: [Action; 3] = [
-        Action::RestartService,
-        Action::RotateConfig,
-        Action::HealthCheck,
-    ];
+    pub const ALL: [Action; 3] = [Action::RestartService, Action::RotateConfig, Action::HealthCheck];
 
     /// The wire and storage name.
     pub fn as_str(self) -> &'static str {
@@ -84,9 +80,7 @@ impl FromStr for Action {
         Self::ALL
             .into_iter()
             .find(|a| a.as_str() == s)
-            .ok_or_else(|| Error::UnknownAction {
-                given: s.chars().take(64).collect(),
-            })
+            .ok_or_else(|| Error::UnknownAction { given: s.chars().take(64).collect() })
     }
 }
 
@@ -109,16 +103,10 @@ pub enum JobStatus {
 
 impl JobStatus {
     /// The terminal statuses, in a stable order.
-    pub const TERMINAL: [JobStatus; 3] =
-        [JobStatus::Success, JobStatus::Failed, JobStatus::Canceled];
+    pub const TERMINAL: [JobStatus; 3] = [JobStatus::Success, JobStatus::Failed, JobStatus::Canceled];
     /// All statuses.
-    pub const ALL: [JobStatus; 5] = [
-        JobStatus::Pending,
-        JobStatus::Running,
-        JobStatus::Success,
-        JobStatus::Failed,
-        JobStatus::Canceled,
-    ];
+    pub const ALL: [JobStatus; 5] =
+        [JobStatus::Pending, JobStatus::Running, JobStatus::Success, JobStatus::Failed, JobStatus::Canceled];
 
     /// The wire and storage name.
     pub fn as_str(self) -> &'static str {
@@ -133,10 +121,7 @@ impl JobStatus {
 
     /// True when a job never leaves this status.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            JobStatus::Success | JobStatus::Failed | JobStatus::Canceled
-        )
+        matches!(self, JobStatus::Success | JobStatus::Failed | JobStatus::Canceled)
     }
 
     /// Whether the state machine allows going from `self` to `to`.
@@ -165,16 +150,10 @@ impl FromStr for JobStatus {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| Error::Validation {
-                field: "status",
-                reason: format!(
-                    "unknown status '{}'",
-                    s.chars().take(32).collect::<String>()
-                ),
-            })
+        Self::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| Error::Validation {
+            field: "status",
+            reason: format!("unknown status '{}'", s.chars().take(32).collect::<String>()),
+        })
     }
 }
 
@@ -238,10 +217,7 @@ impl NewJob {
                 reason: format!("must be 1 to {MAX_TARGET_LEN} characters"),
             });
         }
-        if !target
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.:/@".contains(c))
-        {
+        if !target.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/@".contains(c)) {
             return Err(Error::Validation {
                 field: "target",
                 reason: "may contain only letters, digits and - _ . : / @".into(),
@@ -267,12 +243,7 @@ impl NewJob {
                 reason: format!("nested deeper than {MAX_PARAMETERS_DEPTH} levels"),
             });
         }
-        Ok(Self {
-            action,
-            target: target.to_owned(),
-            requested_by: requested_by.to_owned(),
-            parameters,
-        })
+        Ok(Self { action, target: target.to_owned(), requested_by: requested_by.to_owned(), parameters })
     }
 
     /// A stable fingerprint of the request, to compare bodies sent with one idempotency key.
@@ -301,9 +272,7 @@ fn depth(v: &Value) -> usize {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum Error {
     /// The action is not one the gateway supports.
-    #[error(
-        "unknown action '{given}'; supported actions: restart_service, rotate_config, health_check"
-    )]
+    #[error("unknown action '{given}'; supported actions: restart_service, rotate_config, health_check")]
     UnknownAction {
         /// What the caller sent (truncated).
         given: String,
@@ -325,10 +294,7 @@ mod tests {
     #[test]
     fn unknown_action_lists_the_supported_ones() {
         let err = NewJob::parse("reboot_world", "demo", "me", None).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("restart_service, rotate_config, health_check")
-        );
+        assert!(err.to_string().contains("restart_service, rotate_config, health_check"));
     }
 
     #[test]

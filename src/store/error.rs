@@ -34,11 +34,7 @@ pub enum Error {
 
 impl From<DbErr> for Error {
     fn from(err: DbErr) -> Self {
-        if is_unavailable(&err) {
-            Error::Unavailable(err)
-        } else {
-            Error::Other(err)
-        }
+        if is_unavailable(&err) { Error::Unavailable(err) } else { Error::Other(err) }
     }
 }
 
@@ -62,11 +58,7 @@ fn is_unavailable(err: &DbErr) -> bool {
             let code = db.code().unwrap_or_default();
             // PostgreSQL: class 08 connection exceptions, 57P0x shutdown/crash, 53 out of
             // resources. SQLite: 5/6 busy/locked (the busy timeout ran out).
-            code.starts_with("08")
-                || code.starts_with("57P")
-                || code.starts_with("53")
-                || code == "5"
-                || code == "6"
+            code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") || code == "5" || code == "6"
         }
         _ => false,
     }

@@ -68,26 +68,15 @@ impl Store {
             return Err(Error::ShuttingDown);
         }
         let (reply, rx) = oneshot::channel();
-        self.inner
-            .enqueue_tx
-            .send(EnqueueRequest { job, key, reply })
-            .await
-            .map_err(|_| Error::ShuttingDown)?;
+        self.inner.enqueue_tx.send(EnqueueRequest { job, key, reply }).await.map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
     }
 
     /// One job by id.
     pub async fn get(&self, id: JobId) -> Result<Job, Error> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
-        let row = self
-            .inner
-            .read
-            .query_one_raw(self.stmt(&sql, vec![id.0.into()]))
-            .await?;
-        row.as_ref()
-            .map(row_to_job)
-            .transpose()?
-            .ok_or(Error::NotFound)
+        let row = self.inner.read.query_one_raw(self.stmt(&sql, vec![id.0.into()])).await?;
+        row.as_ref().map(row_to_job).transpose()?.ok_or(Error::NotFound)
     }
 
     /// A page of jobs, newest first.
@@ -115,11 +104,7 @@ impl Store {
         }
         values.push(((limit + 1) as i64).into());
         sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", values.len()));
-        let rows = self
-            .inner
-            .read
-            .query_all_raw(self.stmt(&sql, values))
-            .await?;
+        let rows = self.inner.read.query_all_raw(self.stmt(&sql, values)).await?;
         let mut items = rows.iter().map(row_to_job).collect::<Result<Vec<_>, _>>()?;
         let next = if items.len() as u64 > limit {
             items.truncate(limit as usize);
@@ -160,10 +145,7 @@ impl Store {
             if marked == 1 {
                 if self.inner.backend == Backend::Postgres {
                     let note = format!("SELECT pg_notify('{}', $1)", super::CANCEL_CHANNEL);
-                    self.inner
-                        .write
-                        .execute_raw(self.stmt(&note, vec![id.to_string().into()]))
-                        .await?;
+                    self.inner.write.execute_raw(self.stmt(&note, vec![id.to_string().into()])).await?;
                 }
                 return Ok(JobStatus::Running);
             }
@@ -172,9 +154,7 @@ impl Store {
                 return Err(Error::Conflict(format!("job is already {status}")));
             }
         }
-        Err(Error::Conflict(
-            "job changed state during cancel; try again".into(),
-        ))
+        Err(Error::Conflict("job changed state during cancel; try again".into()))
     }
 
     async fn get_from_writer(&self, id: JobId) -> Result<JobStatus, Error> {
@@ -208,10 +188,7 @@ pub(super) async fn run_enqueue_writer(store: Store, mut rx: mpsc::Receiver<Enqu
                 requests.iter().map(|_| Err(clone_err(&e))).collect()
             }
         };
-        let created = results
-            .iter()
-            .filter(|r| matches!(r, Ok(e) if e.created))
-            .count();
+        let created = results.iter().filter(|r| matches!(r, Ok(e) if e.created)).count();
         if created > 0 {
             store.add_pending_estimate(created as i64);
             store.inner.enqueued.notify_one();
@@ -226,18 +203,12 @@ fn clone_err(e: &Error) -> Error {
     match e {
         Error::Unavailable(_) => Error::Unavailable(sea_orm::DbErr::Custom(e.to_string())),
         Error::ShuttingDown => Error::ShuttingDown,
-        Error::QueueFull { pending, max } => Error::QueueFull {
-            pending: *pending,
-            max: *max,
-        },
+        Error::QueueFull { pending, max } => Error::QueueFull { pending: *pending, max: *max },
         _ => Error::Other(sea_orm::DbErr::Custom(e.to_string())),
     }
 }
 
-async fn insert_batch(
-    store: &Store,
-    requests: &[EnqueueRequest],
-) -> Result<Vec<Result<Enqueued, Error>>, Error> {
+async fn insert_batch(store: &Store, requests: &[EnqueueRequest]) -> Result<Vec<Result<Enqueued, Error>>, Error> {
     let inner = &store.inner;
     let txn = inner.write.begin().await?;
 
@@ -247,20 +218,10 @@ async fn insert_batch(
     let mut room = requests.len() as u64;
     let estimate = inner.pending_estimate.load(Ordering::Relaxed).max(0) as u64;
     if estimate + room > max {
-        let row = txn
-            .query_one_raw(store.stmt(
-                "SELECT COUNT(*) AS n FROM jobs WHERE status = 'PENDING'",
-                vec![],
-            ))
-            .await?;
-        let pending = row
-            .map(|r| get::<i64>(&r, "n"))
-            .transpose()?
-            .unwrap_or(0)
-            .max(0) as u64;
-        inner
-            .pending_estimate
-            .store(pending as i64, Ordering::Relaxed);
+        let row =
+            txn.query_one_raw(store.stmt("SELECT COUNT(*) AS n FROM jobs WHERE status = 'PENDING'", vec![])).await?;
+        let pending = row.map(|r| get::<i64>(&r, "n")).transpose()?.unwrap_or(0).max(0) as u64;
+        inner.pending_estimate.store(pending as i64, Ordering::Relaxed);
         room = max.saturating_sub(pending).min(room);
     }
 
@@ -320,9 +281,7 @@ async fn insert_batch(
             "SELECT id, status, idempotency_key, request_fingerprint FROM jobs WHERE idempotency_key IN ({})",
             placeholders.join(",")
         );
-        let rows = txn
-            .query_all_raw(store.stmt(&sql, replay_keys.iter().map(|k| k.clone().into()).collect()))
-            .await?;
+        let rows = txn.query_all_raw(store.stmt(&sql, replay_keys.iter().map(|k| k.clone().into()).collect())).await?;
         for row in rows {
             existing.insert(
                 get::<String>(&row, "idempotency_key")?,
@@ -336,8 +295,7 @@ async fn insert_batch(
     }
     if !inserted.is_empty() && inner.backend == Backend::Postgres {
         // One NOTIFY per batch, delivered at commit: NOTIFY serialises commits, so never per job.
-        txn.execute_unprepared(&format!("NOTIFY {JOBS_CHANNEL}"))
-            .await?;
+        txn.execute_unprepared(&format!("NOTIFY {JOBS_CHANNEL}")).await?;
     }
     txn.commit().await?;
 
@@ -349,27 +307,15 @@ async fn insert_batch(
                 return Err(Error::QueueFull { pending: max, max });
             };
             if inserted.contains(&id.0) {
-                return Ok(Enqueued {
-                    id: *id,
-                    status: JobStatus::Pending,
-                    created: true,
-                });
+                return Ok(Enqueued { id: *id, status: JobStatus::Pending, created: true });
             }
             let key = req.key.as_deref().unwrap_or_default();
             match existing.get(key) {
                 Some((id, status, fp)) if fp.as_deref() == Some(req.job.fingerprint().as_str()) => {
-                    Ok(Enqueued {
-                        id: *id,
-                        status: *status,
-                        created: false,
-                    })
+                    Ok(Enqueued { id: *id, status: *status, created: false })
                 }
-                Some(_) => Err(Error::Conflict(
-                    "Idempotency-Key was already used with a different request".into(),
-                )),
-                None => Err(Error::Other(sea_orm::DbErr::Custom(
-                    "row neither inserted nor found".into(),
-                ))),
+                Some(_) => Err(Error::Conflict("Idempotency-Key was already used with a different request".into())),
+                None => Err(Error::Other(sea_orm::DbErr::Custom("row neither inserted nor found".into()))),
             }
         })
         .collect();
@@ -377,26 +323,15 @@ async fn insert_batch(
 }
 
 pub(super) fn parse_status(s: &str) -> Result<JobStatus, Error> {
-    s.parse().map_err(|_| {
-        Error::Other(sea_orm::DbErr::Type(format!(
-            "unknown status '{s}' in database"
-        )))
-    })
+    s.parse().map_err(|_| Error::Other(sea_orm::DbErr::Type(format!("unknown status '{s}' in database"))))
 }
 
 pub(super) fn parse_action(s: &str) -> Result<Action, Error> {
-    s.parse().map_err(|_| {
-        Error::Other(sea_orm::DbErr::Type(format!(
-            "unknown action '{s}' in database"
-        )))
-    })
+    s.parse().map_err(|_| Error::Other(sea_orm::DbErr::Type(format!("unknown action '{s}' in database"))))
 }
 
 fn parse_json(s: Option<String>) -> Result<Option<Json>, Error> {
-    s.map(|s| {
-        serde_json::from_str(&s).map_err(|e| Error::Other(sea_orm::DbErr::Json(e.to_string())))
-    })
-    .transpose()
+    s.map(|s| serde_json::from_str(&s).map_err(|e| Error::Other(sea_orm::DbErr::Json(e.to_string())))).transpose()
 }
 
 pub(super) fn row_to_job(row: &QueryResult) -> Result<Job, Error> {

@@ -63,9 +63,8 @@ impl Store {
     pub async fn connect(config: &Config) -> Result<Self, Error> {
         let url = config.database_url.expose();
         let (backend, write, read) = if config.database_url.is_postgres() {
-            let opts = sqlx::postgres::PgConnectOptions::from_str(url).map_err(|e| {
-                Error::Other(sea_orm::DbErr::Custom(format!("invalid DATABASE_URL: {e}")))
-            })?;
+            let opts = sqlx::postgres::PgConnectOptions::from_str(url)
+                .map_err(|e| Error::Other(sea_orm::DbErr::Custom(format!("invalid DATABASE_URL: {e}"))))?;
             let pool = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(config.db_max_connections)
                 .acquire_timeout(Duration::from_secs(5))
@@ -73,13 +72,9 @@ impl Store {
             let db = sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(pool);
             (Backend::Postgres, db.clone(), db)
         } else {
-            use sqlx::sqlite::{
-                SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-            };
+            use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
             let opts = SqliteConnectOptions::from_str(url)
-                .map_err(|e| {
-                    Error::Other(sea_orm::DbErr::Custom(format!("invalid DATABASE_URL: {e}")))
-                })?
+                .map_err(|e| Error::Other(sea_orm::DbErr::Custom(format!("invalid DATABASE_URL: {e}"))))?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 // A job is on disk before its 202: FULL syncs the WAL at every commit.
@@ -92,21 +87,13 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(opts.clone())
                 .await
-                .map_err(|e| {
-                    Error::Unavailable(sea_orm::DbErr::Conn(sea_orm::RuntimeErr::SqlxError(
-                        Arc::new(e),
-                    )))
-                })?;
+                .map_err(|e| Error::Unavailable(sea_orm::DbErr::Conn(sea_orm::RuntimeErr::SqlxError(Arc::new(e)))))?;
             let read_pool = SqlitePoolOptions::new()
                 .max_connections(4)
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(opts.read_only(true))
                 .await
-                .map_err(|e| {
-                    Error::Unavailable(sea_orm::DbErr::Conn(sea_orm::RuntimeErr::SqlxError(
-                        Arc::new(e),
-                    )))
-                })?;
+                .map_err(|e| Error::Unavailable(sea_orm::DbErr::Conn(sea_orm::RuntimeErr::SqlxError(Arc::new(e)))))?;
             (
                 Backend::Sqlite,
                 sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(write_pool),
@@ -132,9 +119,7 @@ impl Store {
 
     /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<(), Error> {
-        Migrator::up(&self.inner.write, None)
-            .await
-            .map_err(Error::from)
+        Migrator::up(&self.inner.write, None).await.map_err(Error::from)
     }
 
     /// True when the database answers and every migration is applied.
@@ -179,9 +164,7 @@ impl Store {
     }
 
     pub(crate) fn add_pending_estimate(&self, delta: i64) {
-        self.inner
-            .pending_estimate
-            .fetch_add(delta, Ordering::Relaxed);
+        self.inner.pending_estimate.fetch_add(delta, Ordering::Relaxed);
     }
 }
 
@@ -189,9 +172,7 @@ impl Store {
 fn stmt(backend: Backend, sql: &str, values: Vec<Value>) -> Statement {
     match backend {
         Backend::Postgres => Statement::from_sql_and_values(DbBackend::Postgres, sql, values),
-        Backend::Sqlite => {
-            Statement::from_sql_and_values(DbBackend::Sqlite, sql.replace('$', "?"), values)
-        }
+        Backend::Sqlite => Statement::from_sql_and_values(DbBackend::Sqlite, sql.replace('$', "?"), values),
     }
 }
 

@@ -71,6 +71,8 @@ pub struct LostJob {
     pub id: JobId,
     /// Its action (the lost-job policy is per action).
     pub action: Action,
+    /// Its target.
+    pub target: String,
     /// The attempt that was lost.
     pub attempt: i32,
     /// When its first attempt started (µs).
@@ -92,12 +94,7 @@ impl Store {
     /// Claims up to `limit` runnable PENDING jobs for `owner`, sets them RUNNING with a lease
     /// until `lease_until` (µs), and returns them. On PostgreSQL `SKIP LOCKED` lets replicas
     /// claim concurrently without waiting on each other's rows.
-    pub async fn claim_batch(
-        &self,
-        owner: Uuid,
-        limit: usize,
-        lease_us: i64,
-    ) -> Result<Vec<ClaimedJob>, Error> {
+    pub async fn claim_batch(&self, owner: Uuid, limit: usize, lease_us: i64) -> Result<Vec<ClaimedJob>, Error> {
         let now = now_us();
         let lock = match self.inner.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
@@ -112,15 +109,9 @@ impl Store {
         let rows = self
             .inner
             .write
-            .query_all_raw(self.stmt(
-                &sql,
-                vec![
-                    owner.into(),
-                    (now + lease_us).into(),
-                    now.into(),
-                    (limit as i64).into(),
-                ],
-            ))
+            .query_all_raw(
+                self.stmt(&sql, vec![owner.into(), (now + lease_us).into(), now.into(), (limit as i64).into()]),
+            )
             .await?;
         let mut jobs = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -129,8 +120,7 @@ impl Store {
                 id: JobId(get::<Uuid>(row, "id")?),
                 action: parse_action(&get::<String>(row, "action")?)?,
                 target: get(row, "target")?,
-                parameters: serde_json::from_str(&get::<String>(row, "parameters")?)
-                    .unwrap_or_default(),
+                parameters: serde_json::from_str(&get::<String>(row, "parameters")?).unwrap_or_default(),
                 attempt,
                 created_at: get(row, "created_at")?,
                 started_at: get::<Option<i64>>(row, "started_at")?.unwrap_or(now),
@@ -161,17 +151,12 @@ impl Store {
                 vec![owner.into()],
             ))
             .await?;
-        rows.iter()
-            .map(|r| Ok(JobId(get::<Uuid>(r, "id")?)))
-            .collect()
+        rows.iter().map(|r| Ok(JobId(get::<Uuid>(r, "id")?))).collect()
     }
 
     /// Writes a batch of finished attempts in one transaction. Returns, for each, the status it
     /// now has, or `None` when the fence refused it (the attempt was no longer current).
-    pub async fn finish_batch(
-        &self,
-        batch: &[Completion],
-    ) -> Result<Vec<Option<JobStatus>>, Error> {
+    pub async fn finish_batch(&self, batch: &[Completion]) -> Result<Vec<Option<JobStatus>>, Error> {
         let now = now_us();
         let txn = self.inner.write.begin().await?;
         let mut out = Vec::with_capacity(batch.len());
@@ -207,17 +192,14 @@ impl Store {
                 values.push((*run_at).into());
             }
             let row = txn.query_one_raw(self.stmt(sql, values)).await?;
-            let status = row
-                .map(|r| get::<String>(&r, "status").and_then(|s| parse_status(&s)))
-                .transpose()?;
+            let status = row.map(|r| get::<String>(&r, "status").and_then(|s| parse_status(&s))).transpose()?;
             if status == Some(JobStatus::Pending) {
                 requeued += 1;
             }
             out.push(status);
         }
         if requeued > 0 && self.inner.backend == Backend::Postgres {
-            txn.execute_unprepared(&format!("NOTIFY {}", super::JOBS_CHANNEL))
-                .await?;
+            txn.execute_unprepared(&format!("NOTIFY {}", super::JOBS_CHANNEL)).await?;
         }
         txn.commit().await?;
         self.add_pending_estimate(requeued);
@@ -226,17 +208,13 @@ impl Store {
 
     /// RUNNING jobs whose lease ended before now. With `all_running`, every RUNNING job
     /// (SQLite at start-up: one process owns the file, so whatever runs is from a dead one).
-    pub async fn expired_leases(
-        &self,
-        all_running: bool,
-        limit: usize,
-    ) -> Result<Vec<LostJob>, Error> {
+    pub async fn expired_leases(&self, all_running: bool, limit: usize) -> Result<Vec<LostJob>, Error> {
         let cutoff = if all_running { i64::MAX } else { now_us() };
         let rows = self
             .inner
             .write
             .query_all_raw(self.stmt(
-                "SELECT id, action, attempts, started_at, cancel_requested FROM jobs WHERE status = 'RUNNING' AND lease_until < $1 LIMIT $2",
+                "SELECT id, action, target, attempts, started_at, cancel_requested FROM jobs WHERE status = 'RUNNING' AND lease_until < $1 LIMIT $2",
                 vec![cutoff.into(), (limit as i64).into()],
             ))
             .await?;
@@ -245,6 +223,7 @@ impl Store {
                 Ok(LostJob {
                     id: JobId(get::<Uuid>(r, "id")?),
                     action: parse_action(&get::<String>(r, "action")?)?,
+                    target: get(r, "target")?,
                     attempt: get(r, "attempts")?,
                     started_at: get(r, "started_at")?,
                     cancel_requested: get(r, "cancel_requested")?,
@@ -258,30 +237,21 @@ impl Store {
         let row = self
             .inner
             .read
-            .query_one_raw(self.stmt(
-                "SELECT COUNT(*) AS n, MIN(run_at) AS oldest FROM jobs WHERE status = 'PENDING'",
-                vec![],
-            ))
+            .query_one_raw(
+                self.stmt("SELECT COUNT(*) AS n, MIN(run_at) AS oldest FROM jobs WHERE status = 'PENDING'", vec![]),
+            )
             .await?;
         let stats = match row {
-            Some(r) => QueueStats {
-                pending: get(&r, "n")?,
-                oldest_run_at: get(&r, "oldest")?,
-            },
+            Some(r) => QueueStats { pending: get(&r, "n")?, oldest_run_at: get(&r, "oldest")? },
             None => QueueStats::default(),
         };
-        self.inner
-            .pending_estimate
-            .store(stats.pending, Ordering::Relaxed);
+        self.inner.pending_estimate.store(stats.pending, Ordering::Relaxed);
         Ok(stats)
     }
 
     /// A cheap query that succeeds when the database answers.
     pub async fn ping(&self) -> Result<(), Error> {
-        self.inner
-            .read
-            .query_one_raw(self.stmt("SELECT 1 AS one", vec![]))
-            .await?;
+        self.inner.read.query_one_raw(self.stmt("SELECT 1 AS one", vec![])).await?;
         Ok(())
     }
 }

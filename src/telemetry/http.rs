@@ -15,10 +15,7 @@ impl<E: Endpoint> Middleware<E> for HttpMetrics {
     type Output = HttpMetricsEndpoint<E>;
 
     fn transform(&self, ep: E) -> Self::Output {
-        HttpMetricsEndpoint {
-            inner: ep,
-            metrics: self.0.clone(),
-        }
+        HttpMetricsEndpoint { inner: ep, metrics: self.0.clone() }
     }
 }
 
@@ -41,10 +38,8 @@ impl<E: Endpoint> Endpoint for HttpMetricsEndpoint<E> {
             Err(e) => Some(e.status().as_u16()),
         };
         let resp = res.map(IntoResponse::into_response);
-        let status =
-            status.unwrap_or_else(|| resp.as_ref().map(|r| r.status().as_u16()).unwrap_or(500));
-        self.metrics
-            .http_request(&method, route, status, start.elapsed());
+        let status = status.unwrap_or_else(|| resp.as_ref().map(|r| r.status().as_u16()).unwrap_or(500));
+        self.metrics.http_request(&method, route, status, start.elapsed());
         resp
     }
 }
@@ -60,9 +55,7 @@ pub fn route_template(path: &str) -> &'static str {
         p if p == "/docs" || p.starts_with("/docs/") => "/docs",
         p => match p.strip_prefix("/v1/jobs/") {
             Some(rest) if !rest.contains('/') => "/v1/jobs/{job_id}",
-            Some(rest) if rest.ends_with("/cancel") && rest.matches('/').count() == 1 => {
-                "/v1/jobs/{job_id}/cancel"
-            }
+            Some(rest) if rest.ends_with("/cancel") && rest.matches('/').count() == 1 => "/v1/jobs/{job_id}/cancel",
             _ => "other",
         },
     }
@@ -74,14 +67,8 @@ mod tests {
 
     #[test]
     fn job_ids_never_become_labels() {
-        assert_eq!(
-            route_template("/v1/jobs/0192f0a0-0000-7000-8000-000000000000"),
-            "/v1/jobs/{job_id}"
-        );
-        assert_eq!(
-            route_template("/v1/jobs/abc/cancel"),
-            "/v1/jobs/{job_id}/cancel"
-        );
+        assert_eq!(route_template("/v1/jobs/0192f0a0-0000-7000-8000-000000000000"), "/v1/jobs/{job_id}");
+        assert_eq!(route_template("/v1/jobs/abc/cancel"), "/v1/jobs/{job_id}/cancel");
         assert_eq!(route_template("/v1/jobs/a/b/c"), "other");
         assert_eq!(route_template("/random"), "other");
     }

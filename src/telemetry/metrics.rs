@@ -33,13 +33,10 @@ pub const LEASES_LOST: &str = "automation_job_leases_lost";
 pub const HTTP_DURATION: &str = "http_server_request_duration_seconds";
 
 /// Job duration buckets, in seconds: 5 ms to 10 min.
-const JOB_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-];
+const JOB_BUCKETS: &[f64] =
+    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
 /// HTTP latency buckets, in seconds: 0.5 ms to 10 s.
-const HTTP_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const HTTP_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Every instrument, created once.
 pub struct Metrics {
@@ -82,20 +79,24 @@ impl Metrics {
             .map_err(|e| SetupError(e.to_string()))?;
         #[cfg(target_os = "linux")]
         registry
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ))
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .map_err(|e| SetupError(e.to_string()))?;
         let provider = SdkMeterProvider::builder().with_reader(exporter).build();
         let meter = provider.meter("automation-gateway");
         let m = Metrics {
-            jobs: meter.u64_counter(JOBS).with_description("Jobs that reached a terminal status, by action and status.").build(),
+            jobs: meter
+                .u64_counter(JOBS)
+                .with_description("Jobs that reached a terminal status, by action and status.")
+                .build(),
             duration: meter
                 .f64_histogram(JOB_DURATION)
                 .with_description("Job run time from started_at to finished_at, in seconds.")
                 .with_boundaries(JOB_BUCKETS.to_vec())
                 .build(),
-            queue_depth: meter.i64_gauge(QUEUE_DEPTH).with_description("Jobs in PENDING, read from the database (the same global value on every replica).").build(),
+            queue_depth: meter
+                .i64_gauge(QUEUE_DEPTH)
+                .with_description("Jobs in PENDING, read from the database (the same global value on every replica).")
+                .build(),
             running: meter.i64_up_down_counter(RUNNING).with_description("Jobs running in this process now.").build(),
             queue_wait: meter
                 .f64_histogram(QUEUE_WAIT)
@@ -107,7 +108,10 @@ impl Metrics {
                 .with_description("Seconds the oldest runnable PENDING job has been waiting (0 when none).")
                 .build(),
             created: meter.u64_counter(CREATED).with_description("Jobs accepted (202), by action.").build(),
-            retries: meter.u64_counter(RETRIES).with_description("Failed attempts scheduled to run again, by action.").build(),
+            retries: meter
+                .u64_counter(RETRIES)
+                .with_description("Failed attempts scheduled to run again, by action.")
+                .build(),
             leases_lost: meter
                 .u64_counter(LEASES_LOST)
                 .with_description("Jobs whose worker died or hung (lease expired) and were recovered, by action.")
@@ -143,8 +147,7 @@ impl Metrics {
     pub fn job_started(&self, action: Action, queue_wait: Option<Duration>) {
         self.running.add(1, &[]);
         if let Some(w) = queue_wait {
-            self.queue_wait
-                .record(w.as_secs_f64(), &[action_label(action)]);
+            self.queue_wait.record(w.as_secs_f64(), &[action_label(action)]);
         }
     }
 
@@ -157,8 +160,7 @@ impl Metrics {
     pub fn job_finished(&self, action: Action, status: JobStatus, duration: Option<Duration>) {
         self.jobs.add(1, &job_labels(action, status));
         if let Some(d) = duration {
-            self.duration
-                .record(d.as_secs_f64(), &[action_label(action)]);
+            self.duration.record(d.as_secs_f64(), &[action_label(action)]);
         }
     }
 
@@ -208,8 +210,5 @@ fn action_label(action: Action) -> KeyValue {
 }
 
 fn job_labels(action: Action, status: JobStatus) -> [KeyValue; 2] {
-    [
-        action_label(action),
-        KeyValue::new("status", status.as_str()),
-    ]
+    [action_label(action), KeyValue::new("status", status.as_str())]
 }

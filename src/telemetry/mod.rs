@@ -30,7 +30,7 @@ pub fn init_logs(config: &Config) -> Result<(), LogError> {
     let fmt = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
-        .with_current_span(true)
+        .with_current_span(false)
         .with_span_list(false)
         .with_target(true);
     let loki = match &config.loki_url {
@@ -47,10 +47,6 @@ pub fn init_logs(config: &Config) -> Result<(), LogError> {
         None => None,
     };
     // A second init (tests build several apps in one process) keeps the first subscriber.
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(loki)
-        .try_init();
+    let _ = tracing_subscriber::registry().with(filter).with(fmt).with(loki).try_init();
     Ok(())
 }

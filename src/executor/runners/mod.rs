@@ -51,9 +51,7 @@ pub struct Runners {
 impl Runners {
     /// The same runner for every action.
     pub fn all(runner: Arc<dyn Runner>) -> Self {
-        Self {
-            by_action: [runner.clone(), runner.clone(), runner],
-        }
+        Self { by_action: [runner.clone(), runner.clone(), runner] }
     }
 
     /// The runner for an action.

@@ -20,10 +20,7 @@ pub struct SimulatedRunner {
 impl SimulatedRunner {
     /// A runner with the given defaults.
     pub fn new(duration: SimDuration, failure_rate: f64) -> Self {
-        Self {
-            duration,
-            failure_rate,
-        }
+        Self { duration, failure_rate }
     }
 
     fn plan(&self, request: &RunRequest) -> (Duration, bool) {
@@ -50,10 +47,7 @@ impl Runner for SimulatedRunner {
                 tokio::time::sleep(duration).await;
             }
             if fail {
-                Err(RunError(format!(
-                    "simulated failure of {} on {}",
-                    request.action, request.target
-                )))
+                Err(RunError(format!("simulated failure of {} on {}", request.action, request.target)))
             } else {
                 Ok(json!({
                     "message": format!("{} completed on {}", request.action, request.target),
@@ -71,30 +65,15 @@ mod tests {
     use crate::jobs::Action;
 
     fn req(params: serde_json::Value) -> RunRequest {
-        RunRequest {
-            action: Action::HealthCheck,
-            target: "t".into(),
-            parameters: params,
-            attempt: 1,
-        }
+        RunRequest { action: Action::HealthCheck, target: "t".into(), parameters: params, attempt: 1 }
     }
 
     #[tokio::test]
     async fn parameters_override_the_defaults() {
-        let r = SimulatedRunner::new(
-            SimDuration {
-                min_ms: 10_000,
-                max_ms: 10_000,
-            },
-            0.0,
-        );
-        let out = r
-            .run(&req(json!({"simulate": {"duration_ms": 0, "fail": true}})))
-            .await;
+        let r = SimulatedRunner::new(SimDuration { min_ms: 10_000, max_ms: 10_000 }, 0.0);
+        let out = r.run(&req(json!({"simulate": {"duration_ms": 0, "fail": true}}))).await;
         assert!(out.is_err());
-        let out = r
-            .run(&req(json!({"simulate": {"duration_ms": 1, "fail": false}})))
-            .await;
+        let out = r.run(&req(json!({"simulate": {"duration_ms": 1, "fail": false}}))).await;
         assert_eq!(out.unwrap()["duration_ms"], 1);
     }
 }
