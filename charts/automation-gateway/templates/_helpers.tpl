@@ -1,0 +1,163 @@
+{{/* Chart name, truncated to 63 characters. */}}
+{{- define "automation-gateway.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name: <release>-<chart>, or the release name when it already contains the chart name.
+The Deployment, Service and ServiceMonitor share it, so the scraped `job` label equals it.
+*/}}
+{{- define "automation-gateway.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* chart label value. */}}
+{{- define "automation-gateway.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels: stable for the life of the release, never the chart or app version. */}}
+{{- define "automation-gateway.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "automation-gateway.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Common labels. */}}
+{{- define "automation-gateway.labels" -}}
+helm.sh/chart: {{ include "automation-gateway.chart" . }}
+{{ include "automation-gateway.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: automation-gateway
+{{- end }}
+
+{{/* ServiceAccount name. */}}
+{{- define "automation-gateway.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "automation-gateway.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* image reference from an image block: repository@digest or repository:tag (tag defaults to appVersion). */}}
+{{- define "automation-gateway.imageRef" -}}
+{{- $img := index . 0 }}{{- $root := index . 1 }}
+{{- if $img.digest }}
+{{- printf "%s@%s" $img.repository $img.digest }}
+{{- else }}
+{{- printf "%s:%s" $img.repository (toString ($img.tag | default $root.Chart.AppVersion)) }}
+{{- end }}
+{{- end }}
+
+{{/* Is more than one pod possible? */}}
+{{- define "automation-gateway.multiReplica" -}}
+{{- if or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) }}true{{- end }}
+{{- end }}
+
+{{/*
+Checks that cannot be expressed in values.schema.json. Included by the Deployment, so a bad
+combination fails every render with a clear message.
+*/}}
+{{- define "automation-gateway.validate" -}}
+{{- if eq .Values.database.type "sqlite" }}
+{{- if gt (int .Values.replicaCount) 1 }}
+{{- fail (printf "database.type=sqlite supports exactly one replica, but replicaCount=%d: SQLite is a single-writer file on one pod's volume. Use database.type=postgres (database.postgres.existingSecret) to run several replicas." (int .Values.replicaCount)) }}
+{{- end }}
+{{- if .Values.autoscaling.enabled }}
+{{- fail "database.type=sqlite supports exactly one replica, so autoscaling.enabled=true is refused: use database.type=postgres to autoscale." }}
+{{- end }}
+{{- end }}
+{{- if eq .Values.database.type "postgres" }}
+{{- if not .Values.database.postgres.existingSecret }}
+{{- fail "database.type=postgres needs database.postgres.existingSecret: the name of an existing Secret whose key database.postgres.secretKey holds the postgres:// URL (DATABASE_URL is never taken from values)." }}
+{{- end }}
+{{- end }}
+{{- if .Values.autoscaling.enabled }}
+{{- if gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas) }}
+{{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas." }}
+{{- end }}
+{{- if and (not .Values.autoscaling.targetCPUUtilizationPercentage) (not .Values.autoscaling.targetMemoryUtilizationPercentage) }}
+{{- fail "autoscaling.enabled=true needs targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage." }}
+{{- end }}
+{{- end }}
+{{- if le (int .Values.terminationGracePeriodSeconds) (add (int .Values.config.shutdownGraceSecs) (int .Values.preStopSleepSeconds)) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be larger than config.shutdownGraceSecs (%d) + preStopSleepSeconds (%d), or running jobs are killed before they drain." (int .Values.terminationGracePeriodSeconds) (int .Values.config.shutdownGraceSecs) (int .Values.preStopSleepSeconds)) }}
+{{- end }}
+{{- end }}
+
+{{/* Environment of the service container (also used by the migration step). */}}
+{{- define "automation-gateway.env" -}}
+- name: DATABASE_URL
+{{- if eq .Values.database.type "postgres" }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.database.postgres.existingSecret }}
+      key: {{ .Values.database.postgres.secretKey }}
+{{- else }}
+  value: {{ printf "sqlite://%s?mode=rwc" .Values.database.sqlite.path | quote }}
+{{- end }}
+- name: GATEWAY_LISTEN
+  value: {{ printf "0.0.0.0:%d" (int .Values.containerPort) | quote }}
+- name: GATEWAY_SHUTDOWN_GRACE_SECS
+  value: {{ .Values.config.shutdownGraceSecs | quote }}
+- name: GATEWAY_LEASE_SECS
+  value: {{ .Values.config.leaseSecs | quote }}
+{{- if .Values.config.workers }}
+- name: GATEWAY_WORKERS
+  value: {{ .Values.config.workers | quote }}
+{{- end }}
+{{- if .Values.config.maxPending }}
+- name: GATEWAY_MAX_PENDING
+  value: {{ .Values.config.maxPending | quote }}
+{{- end }}
+{{- if .Values.config.simDurationMs }}
+- name: GATEWAY_SIM_DURATION_MS
+  value: {{ .Values.config.simDurationMs | quote }}
+{{- end }}
+{{- if .Values.config.simFailureRate }}
+- name: GATEWAY_SIM_FAILURE_RATE
+  value: {{ .Values.config.simFailureRate | quote }}
+{{- end }}
+{{- if .Values.config.actionPolicy }}
+- name: GATEWAY_ACTION_POLICY
+  value: {{ .Values.config.actionPolicy | quote }}
+{{- end }}
+{{- if .Values.config.dbMaxConnections }}
+- name: GATEWAY_DB_MAX_CONNECTIONS
+  value: {{ .Values.config.dbMaxConnections | quote }}
+{{- end }}
+- name: RUST_LOG
+  value: {{ .Values.config.logLevel | quote }}
+{{- if .Values.config.lokiUrl }}
+- name: LOKI_URL
+  value: {{ .Values.config.lokiUrl | quote }}
+- name: GATEWAY_ENV
+  value: {{ .Values.config.environment | default .Release.Namespace | quote }}
+{{- end }}
+{{- if .Values.config.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .Values.config.otlpEndpoint | quote }}
+{{- end }}
+{{- if .Values.auth.existingSecret }}
+- name: GATEWAY_AUTH_TOKENS_FILE
+  value: {{ printf "%s/%s" (trimSuffix "/" .Values.auth.mountPath) .Values.auth.secretKey | quote }}
+{{- end }}
+{{- with .Values.env }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Namespace of the dashboard ConfigMaps. */}}
+{{- define "automation-gateway.dashboardNamespace" -}}
+{{- .Values.grafanaDashboard.namespace | default .Release.Namespace }}
+{{- end }}
