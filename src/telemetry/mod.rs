@@ -32,7 +32,8 @@ pub fn init_logs(config: &Config) -> Result<(), LogError> {
         .flatten_event(true)
         .with_current_span(false)
         .with_span_list(false)
-        .with_target(true);
+        // `target` is the job's target in our lines; the module path would collide with it.
+        .with_target(false);
     let loki = match &config.loki_url {
         Some(url) => {
             let (layer, task) = tracing_loki::builder()
