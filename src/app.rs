@@ -71,10 +71,14 @@ impl App {
         let routes = api::routes(state, self.config.max_body_bytes as usize);
         let accepting = self.accepting.clone();
         let store = self.store.clone();
+        let delay = Duration::from_millis(self.config.shutdown_delay_ms);
         let signal = async move {
             shutdown.await;
-            tracing::info!("shutdown requested: readiness now fails, no new jobs are accepted");
+            tracing::info!(delay_ms = delay.as_millis() as u64, "shutdown requested: readiness now fails");
             accepting.store(false, Ordering::SeqCst);
+            // Keep serving while load balancers notice the failing readiness.
+            tokio::time::sleep(delay).await;
+            tracing::info!("no longer accepting connections or new jobs; draining");
             store.close_for_writes();
         };
         Server::new_with_acceptor(acceptor)

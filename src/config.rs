@@ -86,6 +86,12 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_grace_secs: u64,
 
+    /// Milliseconds between SIGTERM and closing the listener: readiness fails at once, but
+    /// requests are still served meanwhile, so a load balancer can take the replica out of
+    /// rotation before connections are refused (like a preStop delay).
+    #[arg(long, env = "GATEWAY_SHUTDOWN_DELAY_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub shutdown_delay_ms: u64,
+
     /// Fallback poll interval of the dispatcher in milliseconds (wake-ups normally come by
     /// notification).
     #[arg(long, env = "GATEWAY_POLL_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
@@ -123,6 +129,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "GATEWAY_ACTION_POLICY",
     "GATEWAY_LEASE_SECS",
     "GATEWAY_SHUTDOWN_GRACE_SECS",
+    "GATEWAY_SHUTDOWN_DELAY_MS",
     "GATEWAY_POLL_INTERVAL_MS",
     "GATEWAY_MAX_BODY_BYTES",
     "GATEWAY_DB_MAX_CONNECTIONS",
@@ -154,7 +161,7 @@ impl Config {
     /// The effective settings as `key=value` pairs, secrets redacted, for the start-up log.
     pub fn summary(&self) -> String {
         format!(
-            "database_url={} listen={} workers={} max_pending={} sim_duration_ms={} sim_failure_rate={} lease_secs={} shutdown_grace_secs={} poll_interval_ms={} max_body_bytes={} loki={} env={}",
+            "database_url={} listen={} workers={} max_pending={} sim_duration_ms={} sim_failure_rate={} lease_secs={} shutdown_grace_secs={} shutdown_delay_ms={} poll_interval_ms={} max_body_bytes={} loki={} env={}",
             self.database_url,
             self.listen,
             self.workers,
@@ -163,6 +170,7 @@ impl Config {
             self.sim_failure_rate,
             self.lease_secs,
             self.shutdown_grace_secs,
+            self.shutdown_delay_ms,
             self.poll_interval_ms,
             self.max_body_bytes,
             self.loki_url.as_ref().map(|u| u.as_str()).unwrap_or("off"),

@@ -316,9 +316,8 @@ async fn heartbeat_loop(ctx: Arc<Ctx>, every: Duration, stop: CancellationToken)
             _ = tick.tick() => {}
             _ = ctx.hard_stop.cancelled() => return,
         }
-        if ctx.running.lock().map(|r| r.is_empty()).unwrap_or(true) {
-            continue;
-        }
+        // Always beat: rows stay RUNNING after their attempt ends until the completer has written
+        // them, and those must keep their lease too.
         match ctx.store.heartbeat(ctx.owner, ctx.lease_us).await {
             Ok(cancels) => cancel_local(&ctx, &cancels),
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),

@@ -135,14 +135,17 @@ impl Store {
     /// was requested (possibly through another replica).
     pub async fn heartbeat(&self, owner: Uuid, lease_us: i64) -> Result<Vec<JobId>, Error> {
         let until = now_us() + lease_us;
-        exec(
-            &self.inner.write,
-            self.stmt(
-                "UPDATE jobs SET lease_until = $1 WHERE lease_owner = $2 AND status = 'RUNNING'",
-                vec![until.into(), owner.into()],
-            ),
-        )
-        .await?;
+        // Rows are locked in id order, the same order `finish_batch` writes them in, so a
+        // heartbeat and a completion batch of one process can never deadlock each other.
+        let lock = match self.inner.backend {
+            Backend::Postgres => "ORDER BY id FOR UPDATE",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE jobs SET lease_until = $1 WHERE id IN \
+             (SELECT id FROM jobs WHERE lease_owner = $2 AND status = 'RUNNING' {lock})"
+        );
+        exec(&self.inner.write, self.stmt(&sql, vec![until.into(), owner.into()])).await?;
         let rows = self
             .inner
             .write
@@ -158,10 +161,14 @@ impl Store {
     /// now has, or `None` when the fence refused it (the attempt was no longer current).
     pub async fn finish_batch(&self, batch: &[Completion]) -> Result<Vec<Option<JobStatus>>, Error> {
         let now = now_us();
+        // Write in id order (see `heartbeat`), answer in the caller's order.
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by_key(|&i| batch[i].id);
+        let mut statuses = vec![None; batch.len()];
         let txn = self.inner.write.begin().await?;
-        let mut out = Vec::with_capacity(batch.len());
         let mut requeued = 0;
-        for c in batch {
+        for &i in &order {
+            let c = &batch[i];
             let (sql, mut values): (&str, Vec<Value>) = match &c.outcome {
                 Outcome::Success(result) => (
                     "UPDATE jobs SET status = 'SUCCESS', finished_at = $1, result = $2, error = NULL, lease_owner = NULL, lease_until = NULL \
@@ -196,14 +203,14 @@ impl Store {
             if status == Some(JobStatus::Pending) {
                 requeued += 1;
             }
-            out.push(status);
+            statuses[i] = status;
         }
         if requeued > 0 && self.inner.backend == Backend::Postgres {
             txn.execute_unprepared(&format!("NOTIFY {}", super::JOBS_CHANNEL)).await?;
         }
         txn.commit().await?;
         self.add_pending_estimate(requeued);
-        Ok(out)
+        Ok(statuses)
     }
 
     /// RUNNING jobs whose lease ended before now. With `all_running`, every RUNNING job

@@ -301,7 +301,6 @@ impl Gateway {
     }
 
     /// SIGTERM, then wait for the exit (bounded).
-    #[allow(dead_code)] // used by the rolling-restart test
     pub fn terminate(&mut self) {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(60);

@@ -6,6 +6,7 @@ mod errors;
 mod helpers;
 mod jobs;
 mod process;
+mod replicas;
 
 /// Runs one async test body on both backends, as `<name>::sqlite` and `<name>::postgres`.
 #[macro_export]

@@ -125,7 +125,7 @@ async fn two_replicas_on_one_postgres_execute_each_job_exactly_once() {
     assert_eq!(ia.len() + ib.len(), 2000);
     assert_eq!(executions.len(), 2000, "every job executed");
     let twice: Vec<_> = executions.iter().filter(|(_, n)| **n != 1).collect();
-    assert!(twice.is_empty(), "jobs executed more than once: {twice:?}");
+    assert!(twice.is_empty(), "{} jobs executed more than once, e.g. {:?}", twice.len(), &twice[..twice.len().min(5)]);
     assert!(!a.executions().is_empty() && !b.executions().is_empty(), "both replicas did work");
 }
 
