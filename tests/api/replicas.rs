@@ -214,11 +214,8 @@ const ENV: [(&str, &str); 4] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_mid_run_loses_nothing_and_runs_no_fail_on_loss_job_twice() {
     let db = TestDb::new(Backend::Postgres).await;
-    let mut gws = vec![
-        Gateway::start(&db.url, &ENV).await,
-        Gateway::start(&db.url, &ENV).await,
-        Gateway::start(&db.url, &ENV).await,
-    ];
+    let mut gws =
+        [Gateway::start(&db.url, &ENV).await, Gateway::start(&db.url, &ENV).await, Gateway::start(&db.url, &ENV).await];
     let router = Router::new(&gws.iter().map(|g| g.addr.clone()).collect::<Vec<_>>());
     let watch = router.watch();
     let out = Arc::new(Mutex::new(Outcomes::default()));
@@ -247,7 +244,7 @@ async fn a_replica_killed_mid_run_loses_nothing_and_runs_no_fail_on_loss_job_twi
     router.stop.store(true, Ordering::Relaxed);
     watch.await.unwrap();
 
-    let out = out.lock().unwrap();
+    let out = std::mem::take(&mut *out.lock().unwrap());
     let execs = executions(&gws.iter().collect::<Vec<_>>());
     println!("killed replica; counts {counts:?}; running at kill {}", running_at_kill.len());
     let actions = action_of(&db.url).await;
@@ -290,7 +287,7 @@ async fn a_postgres_restart_mid_run_answers_503_and_every_replica_recovers() {
         assert_eq!(r.status(), 200, "{a} recovered by itself");
     }
 
-    let out = out.lock().unwrap();
+    let out = std::mem::take(&mut *out.lock().unwrap());
     println!("postgres restart: {counts:?}, retryable answers {} ({during} by the end of the outage)", out.retryable);
     assert!(during > 0, "the outage was seen as 503s");
     assert!(out.failures.is_empty(), "only retryable answers: {:?}", out.failures);
@@ -327,7 +324,7 @@ async fn a_rolling_restart_under_load_loses_no_job_and_fails_no_request() {
     router.stop.store(true, Ordering::Relaxed);
     watch.await.unwrap();
 
-    let out = out.lock().unwrap();
+    let out = std::mem::take(&mut *out.lock().unwrap());
     let mut all: Vec<&Gateway> = gws.iter().collect();
     all.extend(old.iter());
     println!("rolling restart: {counts:?}, retryable answers {}", out.retryable);
