@@ -10,6 +10,7 @@ use poem::Server;
 use poem::listener::{Acceptor, TcpAcceptor};
 
 use crate::api;
+use crate::auth::{Authenticator, RateLimiter};
 use crate::config::Config;
 use crate::executor::Executor;
 use crate::executor::runners::{Runners, SimulatedRunner};
@@ -29,6 +30,9 @@ pub enum AppError {
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// The tokens file is unusable.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::Error),
 }
 
 /// A built application, ready to serve.
@@ -38,17 +42,31 @@ pub struct App {
     metrics: Arc<Metrics>,
     executor: Arc<Executor>,
     accepting: Arc<AtomicBool>,
+    auth: Authenticator,
 }
 
 impl App {
     /// Connects to the database, applies migrations, and starts the executor.
     pub async fn build(config: Config) -> Result<Self, AppError> {
+        let auth = match &config.auth_tokens_file {
+            Some(path) => {
+                let auth = Authenticator::from_file(path)?;
+                tracing::info!(tokens = auth.token_count(), file = %path.display(), "authentication enabled");
+                auth
+            }
+            None => {
+                tracing::warn!(
+                    "AUTHENTICATION IS OFF: GATEWAY_AUTH_TOKENS_FILE is not set, so anyone who can reach this API can trigger actions"
+                );
+                Authenticator::open()
+            }
+        };
         let store = Store::connect(&config).await?;
         store.migrate().await?;
         let metrics = Arc::new(Metrics::new()?);
         let runners = Runners::all(Arc::new(SimulatedRunner::new(config.sim_duration_ms, config.sim_failure_rate)));
         let executor = Arc::new(Executor::start(store.clone(), metrics.clone(), runners, &config).await?);
-        Ok(Self { config, store, metrics, executor, accepting: Arc::new(AtomicBool::new(true)) })
+        Ok(Self { config, store, metrics, executor, accepting: Arc::new(AtomicBool::new(true)), auth })
     }
 
     /// Serves on `listener` until `shutdown` resolves, then shuts down in order: readiness
@@ -67,8 +85,16 @@ impl App {
             executor: self.executor.clone(),
             metrics: self.metrics.clone(),
             accepting: self.accepting.clone(),
+            auth: self.auth.clone(),
+            limiter: Arc::new(RateLimiter::new(self.config.rate_limit, self.config.rate_limit_burst)),
+            metrics_require_token: self.config.metrics_require_token,
         };
-        let routes = api::routes(state, self.config.max_body_bytes as usize);
+        let routes = api::routes(
+            state,
+            self.config.max_body_bytes as usize,
+            Duration::from_secs(self.config.request_timeout_secs),
+        );
+        let reload = tokio::spawn(reload_tokens(self.auth.clone()));
         let accepting = self.accepting.clone();
         let store = self.store.clone();
         let delay = Duration::from_millis(self.config.shutdown_delay_ms);
@@ -85,11 +111,28 @@ impl App {
             .idle_timeout(Duration::from_secs(75))
             .run_with_graceful_shutdown(routes, signal, Some(Duration::from_secs(10)))
             .await?;
+        reload.abort();
         self.executor.shutdown().await;
         self.store.close().await;
         self.metrics.shutdown();
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Re-reads the tokens file every few seconds, so rotated tokens take effect without a restart.
+async fn reload_tokens(auth: Authenticator) {
+    if !auth.enabled() {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        match auth.reload() {
+            Ok(true) => tracing::info!(tokens = auth.token_count(), "tokens file reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "tokens file not reloaded; the previous tokens stay in force"),
+        }
     }
 }
 

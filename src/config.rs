@@ -105,6 +105,35 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub db_max_connections: u32,
 
+    /// API tokens file (YAML: name, sha256, actions, can_read, can_cancel per token). When set,
+    /// every `/v1` request needs `Authorization: Bearer <token>`; the file is re-read when it
+    /// changes, so tokens rotate without a restart. Unset: the API is open (logged loudly).
+    #[arg(long, env = "GATEWAY_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<std::path::PathBuf>,
+
+    /// Require a valid token for `/metrics` too (when a tokens file is set).
+    #[arg(long, env = "GATEWAY_METRICS_REQUIRE_TOKEN", default_value_t = false, action = clap::ArgAction::Set)]
+    pub metrics_require_token: bool,
+
+    /// Requests per second each identity may make to `/v1` (a token bucket); 0 turns the limit
+    /// off. Over the limit: 429 with Retry-After.
+    #[arg(long, env = "GATEWAY_RATE_LIMIT", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
+    pub rate_limit: u32,
+
+    /// Burst size of the per-identity rate limit.
+    #[arg(long, env = "GATEWAY_RATE_LIMIT_BURST", default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub rate_limit_burst: u32,
+
+    /// Seconds a request may take, from its headers to the end of its answer (a slow body
+    /// counts); past it the client gets 408 (while reading the body) or 503.
+    #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_timeout_secs: u64,
+
+    /// Seconds a client may take to send a request's headers; slower connections are closed
+    /// (slowloris protection). Also closes connections idle for 10 times as long.
+    #[arg(long, env = "GATEWAY_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub header_timeout_secs: u64,
+
     /// Push logs to this Loki base URL (for example `http://loki:3100`); off when unset.
     #[arg(long, env = "LOKI_URL")]
     pub loki_url: Option<url::Url>,
@@ -133,6 +162,12 @@ pub const KNOWN_ENV: &[&str] = &[
     "GATEWAY_POLL_INTERVAL_MS",
     "GATEWAY_MAX_BODY_BYTES",
     "GATEWAY_DB_MAX_CONNECTIONS",
+    "GATEWAY_AUTH_TOKENS_FILE",
+    "GATEWAY_METRICS_REQUIRE_TOKEN",
+    "GATEWAY_RATE_LIMIT",
+    "GATEWAY_RATE_LIMIT_BURST",
+    "GATEWAY_REQUEST_TIMEOUT_SECS",
+    "GATEWAY_HEADER_TIMEOUT_SECS",
     "LOKI_URL",
     "GATEWAY_ENV",
     "RUST_LOG",
@@ -161,7 +196,7 @@ impl Config {
     /// The effective settings as `key=value` pairs, secrets redacted, for the start-up log.
     pub fn summary(&self) -> String {
         format!(
-            "database_url={} listen={} workers={} max_pending={} sim_duration_ms={} sim_failure_rate={} lease_secs={} shutdown_grace_secs={} shutdown_delay_ms={} poll_interval_ms={} max_body_bytes={} loki={} env={}",
+            "database_url={} listen={} workers={} max_pending={} sim_duration_ms={} sim_failure_rate={} lease_secs={} shutdown_grace_secs={} shutdown_delay_ms={} poll_interval_ms={} max_body_bytes={} auth={} rate_limit={}/s burst {} request_timeout_secs={} header_timeout_secs={} loki={} env={}",
             self.database_url,
             self.listen,
             self.workers,
@@ -173,6 +208,11 @@ impl Config {
             self.shutdown_delay_ms,
             self.poll_interval_ms,
             self.max_body_bytes,
+            self.auth_tokens_file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "OFF (open API)".into()),
+            self.rate_limit,
+            self.rate_limit_burst,
+            self.request_timeout_secs,
+            self.header_timeout_secs,
             self.loki_url.as_ref().map(|u| u.as_str()).unwrap_or("off"),
             self.env_name,
         )

@@ -5,6 +5,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_create_jobs;
+mod m20261123_000002_audit;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -12,6 +13,6 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261123_000001_create_jobs::Migration)]
+        vec![Box::new(m20261123_000001_create_jobs::Migration), Box::new(m20261123_000002_audit::Migration)]
     }
 }

@@ -24,8 +24,20 @@ pub enum ReadyResponse {
     NotReady(Json<Readiness>),
 }
 
-fn not_ready(reason: &str) -> ReadyResponse {
-    ReadyResponse::NotReady(Json(Readiness { status: "not_ready".into(), reason: Some(reason.into()) }))
+fn not_ready(state: &State, reason: &str) -> ReadyResponse {
+    ReadyResponse::NotReady(Json(Readiness {
+        status: "not_ready".into(),
+        reason: Some(reason.into()),
+        auth: auth_detail(state),
+    }))
+}
+
+fn auth_detail(state: &State) -> String {
+    if state.auth.enabled() {
+        "enabled".into()
+    } else {
+        "DISABLED: no GATEWAY_AUTH_TOKENS_FILE, the API is open to anyone who can reach it".into()
+    }
 }
 
 #[OpenApi(tag = "ApiTags::Health")]
@@ -45,13 +57,17 @@ impl HealthApi {
     #[oai(path = "/readyz", method = "get", operation_id = "health.ready")]
     async fn readyz(&self, state: Data<&State>) -> ReadyResponse {
         if !state.accepting.load(Ordering::SeqCst) {
-            return not_ready("shutting down");
+            return not_ready(&state, "shutting down");
         }
         match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ready()).await {
-            Ok(Ok(true)) => ReadyResponse::Ready(Json(Readiness { status: "ready".into(), reason: None })),
-            Ok(Ok(false)) => not_ready("database migrations are pending"),
-            Ok(Err(_)) => not_ready("database unavailable"),
-            Err(_) => not_ready("database did not answer within 2 s"),
+            Ok(Ok(true)) => ReadyResponse::Ready(Json(Readiness {
+                status: "ready".into(),
+                reason: None,
+                auth: auth_detail(&state),
+            })),
+            Ok(Ok(false)) => not_ready(&state, "database migrations are pending"),
+            Ok(Err(_)) => not_ready(&state, "database unavailable"),
+            Err(_) => not_ready(&state, "database did not answer within 2 s"),
         }
     }
 }

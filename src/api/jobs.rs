@@ -3,13 +3,15 @@
 
 use std::time::Duration;
 
+use poem::middleware::ReqId;
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 use uuid::Uuid;
 
-use super::model::{ActionOut, CreateJobRequest, JobAccepted, JobOut, JobPage, JobStatusOut};
+use super::auth::{Caller, Need};
+use super::model::{ActionOut, CreateJobRequest, JobAccepted, JobEventOut, JobOut, JobPage, JobStatusOut};
 use super::problem::{Problem, RETRY_AFTER_SECS};
 use super::{ApiTags, State};
 use crate::jobs::{JobId, JobStatus, NewJob};
@@ -36,9 +38,18 @@ pub enum CreateError {
     /// Malformed JSON, a wrong type, a missing field or a field over its length limit.
     #[oai(status = 400, content_type = "application/problem+json")]
     BadRequest(Json<Problem>),
+    /// No bearer token, or an unknown one (authentication is on).
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>, #[oai(header = "WWW-Authenticate")] String),
+    /// The token may not trigger this action.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
     /// The `Idempotency-Key` was already used with a different request.
     #[oai(status = 409, content_type = "application/problem+json")]
     Conflict(Json<Problem>),
+    /// The body did not arrive within the request timeout.
+    #[oai(status = 408, content_type = "application/problem+json")]
+    RequestTimeout(Json<Problem>),
     /// The body is larger than the limit.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
@@ -48,9 +59,9 @@ pub enum CreateError {
     /// Unknown action (the supported ones are listed) or an invalid field.
     #[oai(status = 422, content_type = "application/problem+json")]
     Unprocessable(Json<Problem>),
-    /// The queue is full: retry after `Retry-After` seconds.
+    /// The queue is full, or this identity's rate limit is reached: retry after `Retry-After`.
     #[oai(status = 429, content_type = "application/problem+json")]
-    QueueFull(Json<Problem>, #[oai(header = "Retry-After")] u32),
+    TooMany(Json<Problem>, #[oai(header = "Retry-After")] u32),
     /// An unexpected error (details in the service log).
     #[oai(status = 500, content_type = "application/problem+json")]
     Internal(Json<Problem>),
@@ -63,26 +74,38 @@ impl From<Problem> for CreateError {
     fn from(p: Problem) -> Self {
         match p.status {
             400 => Self::BadRequest(Json(p)),
+            401 => Self::Unauthorized(Json(p), BEARER.into()),
+            403 => Self::Forbidden(Json(p)),
+            408 => Self::RequestTimeout(Json(p)),
             409 => Self::Conflict(Json(p)),
             413 => Self::PayloadTooLarge(Json(p)),
             415 => Self::UnsupportedMediaType(Json(p)),
             422 => Self::Unprocessable(Json(p)),
-            429 => Self::QueueFull(Json(p), RETRY_AFTER_SECS),
+            429 => Self::TooMany(Json(p), RETRY_AFTER_SECS),
             503 => Self::Unavailable(Json(p), RETRY_AFTER_SECS),
             _ => Self::Internal(Json(Problem::internal())),
         }
     }
 }
 
-/// Errors of `GET /v1/jobs/{job_id}`.
+/// Errors of `GET /v1/jobs/{job_id}` and `GET /v1/jobs/{job_id}/events`.
 #[derive(ApiResponse, Debug)]
 pub enum GetError {
     /// The id is not a UUID.
     #[oai(status = 400, content_type = "application/problem+json")]
     BadRequest(Json<Problem>),
+    /// No bearer token, or an unknown one (authentication is on).
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>, #[oai(header = "WWW-Authenticate")] String),
+    /// The token may not read jobs.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
     /// No job with that id.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// This identity's rate limit is reached: retry after `Retry-After` seconds.
+    #[oai(status = 429, content_type = "application/problem+json")]
+    TooMany(Json<Problem>, #[oai(header = "Retry-After")] u32),
     /// An unexpected error (details in the service log).
     #[oai(status = 500, content_type = "application/problem+json")]
     Internal(Json<Problem>),
@@ -95,7 +118,10 @@ impl From<Problem> for GetError {
     fn from(p: Problem) -> Self {
         match p.status {
             400 => Self::BadRequest(Json(p)),
+            401 => Self::Unauthorized(Json(p), BEARER.into()),
+            403 => Self::Forbidden(Json(p)),
             404 => Self::NotFound(Json(p)),
+            429 => Self::TooMany(Json(p), RETRY_AFTER_SECS),
             503 => Self::Unavailable(Json(p), RETRY_AFTER_SECS),
             _ => Self::Internal(Json(Problem::internal())),
         }
@@ -108,6 +134,15 @@ pub enum ListError {
     /// A filter, `limit` or `cursor` is invalid.
     #[oai(status = 400, content_type = "application/problem+json")]
     BadRequest(Json<Problem>),
+    /// No bearer token, or an unknown one (authentication is on).
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>, #[oai(header = "WWW-Authenticate")] String),
+    /// The token may not read jobs.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+    /// This identity's rate limit is reached: retry after `Retry-After` seconds.
+    #[oai(status = 429, content_type = "application/problem+json")]
+    TooMany(Json<Problem>, #[oai(header = "Retry-After")] u32),
     /// An unexpected error (details in the service log).
     #[oai(status = 500, content_type = "application/problem+json")]
     Internal(Json<Problem>),
@@ -120,6 +155,9 @@ impl From<Problem> for ListError {
     fn from(p: Problem) -> Self {
         match p.status {
             400 => Self::BadRequest(Json(p)),
+            401 => Self::Unauthorized(Json(p), BEARER.into()),
+            403 => Self::Forbidden(Json(p)),
+            429 => Self::TooMany(Json(p), RETRY_AFTER_SECS),
             503 => Self::Unavailable(Json(p), RETRY_AFTER_SECS),
             _ => Self::Internal(Json(Problem::internal())),
         }
@@ -145,12 +183,21 @@ pub enum CancelError {
     /// The id is not a UUID.
     #[oai(status = 400, content_type = "application/problem+json")]
     BadRequest(Json<Problem>),
+    /// No bearer token, or an unknown one (authentication is on).
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>, #[oai(header = "WWW-Authenticate")] String),
+    /// The token may not cancel jobs.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
     /// No job with that id.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
     /// The job had already finished (SUCCESS, FAILED or CANCELED).
     #[oai(status = 409, content_type = "application/problem+json")]
     Conflict(Json<Problem>),
+    /// This identity's rate limit is reached: retry after `Retry-After` seconds.
+    #[oai(status = 429, content_type = "application/problem+json")]
+    TooMany(Json<Problem>, #[oai(header = "Retry-After")] u32),
     /// An unexpected error (details in the service log).
     #[oai(status = 500, content_type = "application/problem+json")]
     Internal(Json<Problem>),
@@ -163,12 +210,34 @@ impl From<Problem> for CancelError {
     fn from(p: Problem) -> Self {
         match p.status {
             400 => Self::BadRequest(Json(p)),
+            401 => Self::Unauthorized(Json(p), BEARER.into()),
+            403 => Self::Forbidden(Json(p)),
             404 => Self::NotFound(Json(p)),
             409 => Self::Conflict(Json(p)),
+            429 => Self::TooMany(Json(p), RETRY_AFTER_SECS),
             503 => Self::Unavailable(Json(p), RETRY_AFTER_SECS),
             _ => Self::Internal(Json(Problem::internal())),
         }
     }
+}
+
+/// The `WWW-Authenticate` challenge of a 401.
+const BEARER: &str = "Bearer realm=\"automation-gateway\"";
+
+/// One line per create and cancel: who, what, target, outcome, request id (the timestamp is
+/// the line's own).
+fn audit(event: &str, who: &str, job_id: Option<&str>, action: &str, target: &str, outcome: &str, request_id: &str) {
+    tracing::info!(
+        audit = true,
+        event,
+        identity = who,
+        job_id = job_id.unwrap_or(""),
+        action,
+        target,
+        outcome,
+        request_id,
+        "audit"
+    );
 }
 
 fn problem<E: From<Problem>>(e: impl Into<Problem>) -> E {
@@ -195,23 +264,45 @@ impl JobsApi {
     async fn create(
         &self,
         state: Data<&State>,
+        caller: Caller,
+        request_id: ReqId,
         body: Json<CreateJobRequest>,
         /// Makes retries safe: the same key with the same body returns the original job; with
         /// another body it is refused with 409.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
         idempotency_key: Header<Option<String>>,
     ) -> Result<CreateResponse, CreateError> {
+        let rid = request_id.to_string();
         let req = body.0;
+        let (action_name, target) =
+            (req.action.chars().take(64).collect::<String>(), req.target.chars().take(253).collect::<String>());
+        let refused = |who: &str, p: Problem| {
+            audit("job.create", who, None, &action_name, &target, &format!("refused {}", p.status), &rid);
+            CreateError::from(p)
+        };
+        // Authenticate before validating, so an anonymous caller learns nothing about the input rules.
+        let identity = state.authenticate(&caller, "jobs.create", &rid).map_err(|p| refused("?", p))?;
         let job =
             NewJob::parse(&req.action, &req.target, &req.requested_by, req.parameters.map(|m| m.into_iter().collect()))
-                .map_err(problem::<CreateError>)?;
-        let (action, target) = (job.action, job.target.clone());
-        let out = state.store.enqueue(job, idempotency_key.0).await.map_err(problem::<CreateError>)?;
+                .map_err(|e| refused(&identity.name, e.into()))?
+                .submitted_by(&identity.name);
+        state
+            .require(&identity, Need::Create(job.action), "jobs.create", &rid)
+            .map_err(|p| refused(&identity.name, p))?;
+        let action = job.action;
+        let out = state
+            .store
+            .enqueue(job, idempotency_key.0, Some(rid.clone()))
+            .await
+            .map_err(|e| refused(&identity.name, e.into()))?;
+        let id = out.id.to_string();
         if out.created {
             state.metrics.job_created(action);
-            tracing::info!(job_id = %out.id, action = %action, target = %target, "job accepted");
+            audit("job.create", &identity.name, Some(&id), action.as_str(), &target, "accepted", &rid);
+        } else {
+            audit("job.create", &identity.name, Some(&id), action.as_str(), &target, "idempotent replay", &rid);
         }
-        let location = format!("/v1/jobs/{}", out.id);
+        let location = format!("/v1/jobs/{id}");
         Ok(CreateResponse::Accepted(Json(JobAccepted { job_id: out.id.0, status: out.status.into() }), location))
     }
 
@@ -223,14 +314,41 @@ impl JobsApi {
     async fn get(
         &self,
         state: Data<&State>,
+        caller: Caller,
+        request_id: ReqId,
         /// The job's id.
         job_id: Path<Uuid>,
     ) -> Result<Json<JobOut>, GetError> {
+        state.authorize(&caller, Need::Read, "jobs.get", &request_id.to_string()).map_err(GetError::from)?;
         match state.store.get(JobId(job_id.0)).await {
             Ok(job) => Ok(Json(job.into())),
             Err(crate::store::Error::NotFound) => Err(GetError::from(Problem::job_not_found(job_id.0))),
             Err(e) => Err(problem(e)),
         }
+    }
+
+    /// A job's audit trail
+    ///
+    /// Who created the job and who asked to cancel it, oldest first.
+    #[oai(path = "/jobs/:job_id/events", method = "get", operation_id = "jobs.events")]
+    async fn events(
+        &self,
+        state: Data<&State>,
+        caller: Caller,
+        request_id: ReqId,
+        /// The job's id.
+        job_id: Path<Uuid>,
+    ) -> Result<Json<Vec<JobEventOut>>, GetError> {
+        state.authorize(&caller, Need::Read, "jobs.events", &request_id.to_string()).map_err(GetError::from)?;
+        let id = JobId(job_id.0);
+        let events = state.store.events(id).await.map_err(problem::<GetError>)?;
+        if events.is_empty() {
+            // Jobs from before the audit trail existed have no events but do exist.
+            if let Err(crate::store::Error::NotFound) = state.store.get(id).await {
+                return Err(GetError::from(Problem::job_not_found(id)));
+            }
+        }
+        Ok(Json(events.into_iter().map(JobEventOut::from).collect()))
     }
 
     /// List jobs
@@ -243,6 +361,8 @@ impl JobsApi {
     async fn list(
         &self,
         state: Data<&State>,
+        caller: Caller,
+        request_id: ReqId,
         /// Only jobs in this status.
         status: Query<Option<JobStatusOut>>,
         /// Only jobs of this action.
@@ -260,6 +380,7 @@ impl JobsApi {
         #[oai(validator(max_length = 64))]
         cursor: Query<Option<String>>,
     ) -> Result<Json<JobPage>, ListError> {
+        state.authorize(&caller, Need::Read, "jobs.list", &request_id.to_string()).map_err(ListError::from)?;
         let before =
             match cursor.0.as_deref() {
                 None | Some("") => None,
@@ -291,19 +412,26 @@ impl JobsApi {
     async fn cancel(
         &self,
         state: Data<&State>,
+        caller: Caller,
+        request_id: ReqId,
         /// The job's id.
         job_id: Path<Uuid>,
     ) -> Result<CancelResponse, CancelError> {
+        let rid = request_id.to_string();
         let id = JobId(job_id.0);
-        let status = match state.executor.cancel(id, CANCEL_WAIT).await {
+        let sid = id.to_string();
+        let refused = |who: &str, p: Problem| {
+            audit("job.cancel", who, Some(&sid), "", "", &format!("refused {}", p.status), &rid);
+            CancelError::from(p)
+        };
+        let identity = state.authorize(&caller, Need::Cancel, "jobs.cancel", &rid).map_err(|p| refused("?", p))?;
+        let status = match state.executor.cancel(id, &identity.name, Some(rid.clone()), CANCEL_WAIT).await {
             Ok(s) => s,
-            Err(crate::store::Error::NotFound) => {
-                return Err(CancelError::from(Problem::job_not_found(id)));
-            }
-            Err(e) => return Err(problem(e)),
+            Err(crate::store::Error::NotFound) => return Err(refused(&identity.name, Problem::job_not_found(id))),
+            Err(e) => return Err(refused(&identity.name, e.into())),
         };
         let job = state.store.get(id).await.map_err(problem::<CancelError>)?;
-        tracing::info!(job_id = %id, action = %job.action, target = %job.target, status = %status, "cancel requested");
+        audit("job.cancel", &identity.name, Some(&sid), job.action.as_str(), &job.target, status.as_str(), &rid);
         if job.status == JobStatus::Running {
             Ok(CancelResponse::Requested(Json(job.into())))
         } else {

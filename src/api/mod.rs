@@ -2,6 +2,7 @@
 //! at `/docs`, problem+json for every error, and request metrics. Talks to the store and the
 //! executor only through their public functions; never SQL.
 
+pub mod auth;
 pub mod health;
 pub mod jobs;
 pub mod model;
@@ -10,7 +11,7 @@ pub mod problem;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use poem::middleware::CatchPanic;
+use poem::middleware::{CatchPanic, RequestId, ReuseId};
 use poem::{Endpoint, EndpointExt, IntoResponse, Response, Route, get, handler, web::Data};
 use poem_openapi::{OpenApiService, Tags};
 
@@ -39,6 +40,12 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// False once shutdown begins: readiness fails first.
     pub accepting: Arc<AtomicBool>,
+    /// Who may call.
+    pub auth: crate::auth::Authenticator,
+    /// The per-identity rate limit.
+    pub limiter: Arc<crate::auth::RateLimiter>,
+    /// Whether `/metrics` needs a token too.
+    pub metrics_require_token: bool,
 }
 
 fn service() -> OpenApiService<(jobs::JobsApi, health::HealthApi), ()> {
@@ -56,7 +63,7 @@ pub fn spec_json() -> String {
 }
 
 /// Every route, with middleware, ready to serve.
-pub fn routes(state: State, max_body_bytes: usize) -> impl Endpoint {
+pub fn routes(state: State, max_body_bytes: usize, request_timeout: std::time::Duration) -> impl Endpoint {
     let metrics = state.metrics.clone();
     let svc = service();
     let spec = svc.spec();
@@ -67,7 +74,9 @@ pub fn routes(state: State, max_body_bytes: usize) -> impl Endpoint {
         .at("/openapi.json", get(openapi_json).data(Arc::new(spec)))
         .at("/metrics", get(metrics_text))
         .data(state)
-        .with(problem::Problems { max_body_bytes })
+        .with(problem::Problems { max_body_bytes, request_timeout })
+        // Our own ids only: a client-chosen id would flow unchecked into logs and audit rows.
+        .with(RequestId::default().reuse_id(ReuseId::Ignore))
         .with(CatchPanic::new().with_handler(|_| problem::response(&problem::Problem::internal())))
         .with(HttpMetrics(metrics))
 }
@@ -78,7 +87,22 @@ fn openapi_json(spec: Data<&Arc<String>>) -> Response {
 }
 
 #[handler]
-fn metrics_text(state: Data<&State>) -> Response {
+fn metrics_text(state: Data<&State>, req: &poem::Request) -> Response {
+    if state.metrics_require_token && state.auth.enabled() {
+        let token = req
+            .headers()
+            .get(poem::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if state.auth.identify(token).is_err() {
+            tracing::warn!(event = "auth.failed", operation = "metrics", "authentication failed");
+            return problem::response(&problem::Problem::new(
+                poem::http::StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "/metrics requires a bearer token",
+            ));
+        }
+    }
     match state.metrics.encode() {
         Ok(text) => Response::builder().content_type("text/plain; version=0.0.4; charset=utf-8").body(text),
         Err(e) => {

@@ -155,6 +155,28 @@ pub struct JobOut {
     pub result: Option<Value>,
     /// True once a cancel was requested while the job was running.
     pub cancel_requested: bool,
+    /// The authenticated identity that submitted the job (the API token's name, or
+    /// `anonymous` while authentication is off).
+    pub submitted_by: Option<String>,
+}
+
+/// One audit record of a job.
+#[derive(Object, Debug, Clone)]
+pub struct JobEventOut {
+    /// When (RFC 3339, UTC).
+    pub at: String,
+    /// `created`, `canceled` or `cancel_requested`.
+    pub event: String,
+    /// The identity that did it.
+    pub actor: String,
+    /// The `x-request-id` of the request that did it.
+    pub request_id: Option<String>,
+}
+
+impl From<crate::jobs::JobEvent> for JobEventOut {
+    fn from(e: crate::jobs::JobEvent) -> Self {
+        Self { at: rfc3339(e.at), event: e.event, actor: e.actor, request_id: e.request_id }
+    }
 }
 
 fn job_example() -> JobOut {
@@ -174,6 +196,7 @@ fn job_example() -> JobOut {
             json!({"message": "restart_service completed on demo-api", "simulated": true, "duration_ms": 1360}),
         ),
         cancel_requested: false,
+        submitted_by: Some("ci-bot".into()),
     }
 }
 
@@ -200,6 +223,7 @@ impl From<Job> for JobOut {
             attempts: j.attempts,
             result: j.result,
             cancel_requested: j.cancel_requested,
+            submitted_by: j.submitted_by,
         }
     }
 }
@@ -228,6 +252,8 @@ pub struct Readiness {
     /// Why the service is not ready, when it is not.
     #[oai(skip_serializing_if_is_none)]
     pub reason: Option<String>,
+    /// `enabled`, or a warning that the API is open to anyone who can reach it.
+    pub auth: String,
 }
 
 impl poem_openapi::types::Example for CreateJobRequest {

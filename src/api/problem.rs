@@ -140,13 +140,15 @@ pub fn response(p: &Problem) -> Response {
 pub struct Problems {
     /// Largest accepted body.
     pub max_body_bytes: usize,
+    /// Longest a request may take, body included.
+    pub request_timeout: std::time::Duration,
 }
 
 impl<E: Endpoint> Middleware<E> for Problems {
     type Output = ProblemsEndpoint<E>;
 
     fn transform(&self, ep: E) -> Self::Output {
-        ProblemsEndpoint { inner: ep, max_body_bytes: self.max_body_bytes }
+        ProblemsEndpoint { inner: ep, max_body_bytes: self.max_body_bytes, request_timeout: self.request_timeout }
     }
 }
 
@@ -154,12 +156,27 @@ impl<E: Endpoint> Middleware<E> for Problems {
 pub struct ProblemsEndpoint<E> {
     inner: E,
     max_body_bytes: usize,
+    request_timeout: std::time::Duration,
 }
 
 impl<E: Endpoint> Endpoint for ProblemsEndpoint<E> {
     type Output = Response;
 
-    async fn call(&self, mut req: Request) -> poem::Result<Response> {
+    async fn call(&self, req: Request) -> poem::Result<Response> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        match tokio::time::timeout_at(deadline, self.handle(req, deadline)).await {
+            Ok(r) => r,
+            Err(_) => Ok(response(&Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "the request took longer than the configured request timeout",
+            ))),
+        }
+    }
+}
+
+impl<E: Endpoint> ProblemsEndpoint<E> {
+    async fn handle(&self, mut req: Request, deadline: tokio::time::Instant) -> poem::Result<Response> {
         let too_large = || {
             response(&Problem::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -173,10 +190,19 @@ impl<E: Endpoint> Endpoint for ProblemsEndpoint<E> {
             return Ok(too_large());
         }
         if declared.is_some_and(|n| n > 0) || req.headers().contains_key(header::TRANSFER_ENCODING) {
-            match req.take_body().into_bytes_limit(self.max_body_bytes).await {
-                Ok(bytes) => req.set_body(bytes),
-                Err(poem::error::ReadBodyError::PayloadTooLarge) => return Ok(too_large()),
-                Err(e) => {
+            // A body trickled in slower than the request timeout is a slow client: 408.
+            let read = tokio::time::timeout_at(deadline, req.take_body().into_bytes_limit(self.max_body_bytes));
+            match read.await {
+                Err(_) => {
+                    return Ok(response(&Problem::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request-timeout",
+                        "the request body did not arrive in time",
+                    )));
+                }
+                Ok(Ok(bytes)) => req.set_body(bytes),
+                Ok(Err(poem::error::ReadBodyError::PayloadTooLarge)) => return Ok(too_large()),
+                Ok(Err(e)) => {
                     return Ok(response(&Problem::new(
                         StatusCode::BAD_REQUEST,
                         "bad-request",

@@ -121,8 +121,14 @@ impl Executor {
     /// Cancels a job: a PENDING one at once, a RUNNING one by interrupting its attempt (here or
     /// on another replica). Waits up to `wait` for a running job to settle and returns the
     /// status it has then; a job that finished first keeps its real status.
-    pub async fn cancel(&self, id: JobId, wait: Duration) -> Result<JobStatus, store::Error> {
-        match self.ctx.store.cancel(id).await? {
+    pub async fn cancel(
+        &self,
+        id: JobId,
+        actor: &str,
+        request_id: Option<String>,
+        wait: Duration,
+    ) -> Result<JobStatus, store::Error> {
+        match self.ctx.store.cancel(id, actor, request_id).await? {
             JobStatus::Canceled => {
                 if let Ok(job) = self.ctx.store.get(id).await {
                     tracing::info!(job_id = %id, action = %job.action, target = %job.target, "job canceled while pending");

@@ -186,6 +186,23 @@ pub struct Job {
     pub finished_at: Option<i64>,
     /// A cancel was requested while the job was running.
     pub cancel_requested: bool,
+    /// The identity that submitted it (null for jobs from before authentication existed).
+    pub submitted_by: Option<String>,
+}
+
+/// One audit record of a job: who did what to it, when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobEvent {
+    /// When (µs since the epoch).
+    pub at: i64,
+    /// What: `created`, `canceled` or `cancel_requested`.
+    pub event: String,
+    /// Who: the identity.
+    pub actor: String,
+    /// The HTTP request it came from.
+    pub request_id: Option<String>,
+    /// Anything else worth keeping.
+    pub detail: Option<String>,
 }
 
 /// A validated request for a new job.
@@ -199,6 +216,8 @@ pub struct NewJob {
     pub requested_by: String,
     /// Parameters, always a JSON object.
     pub parameters: Value,
+    /// The authenticated identity that submits it (the API token's name, or `anonymous`).
+    pub submitted_by: String,
 }
 
 impl NewJob {
@@ -243,14 +262,27 @@ impl NewJob {
                 reason: format!("nested deeper than {MAX_PARAMETERS_DEPTH} levels"),
             });
         }
-        Ok(Self { action, target: target.to_owned(), requested_by: requested_by.to_owned(), parameters })
+        Ok(Self {
+            action,
+            target: target.to_owned(),
+            requested_by: requested_by.to_owned(),
+            parameters,
+            submitted_by: "anonymous".to_owned(),
+        })
+    }
+
+    /// The same request, submitted by `identity`.
+    pub fn submitted_by(mut self, identity: &str) -> Self {
+        self.submitted_by = identity.to_owned();
+        self
     }
 
     /// A stable fingerprint of the request, to compare bodies sent with one idempotency key.
     pub fn fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
-        for part in [self.action.as_str(), &self.target, &self.requested_by] {
+        // The submitter is part of it: another identity reusing a key never gets this job.
+        for part in [self.action.as_str(), &self.target, &self.requested_by, &self.submitted_by] {
             h.update(part.as_bytes());
             h.update([0u8]);
         }

@@ -9,13 +9,13 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{Backend, Error, JOBS_CHANNEL, Store, exec, get, now_us};
-use crate::jobs::{Action, Job, JobId, JobStatus, NewJob};
+use crate::jobs::{Action, Job, JobEvent, JobId, JobStatus, NewJob};
 
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 512;
 
 /// Columns read back into a `Job`.
-pub(super) const JOB_COLUMNS: &str = "id, action, target, requested_by, parameters, status, attempts, error, result, created_at, started_at, finished_at, cancel_requested";
+pub(super) const JOB_COLUMNS: &str = "id, action, target, requested_by, parameters, status, attempts, error, result, created_at, started_at, finished_at, cancel_requested, submitted_by";
 
 /// The answer to an enqueue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +31,7 @@ pub struct Enqueued {
 pub(super) struct EnqueueRequest {
     job: NewJob,
     key: Option<String>,
+    request_id: Option<String>,
     reply: oneshot::Sender<Result<Enqueued, Error>>,
 }
 
@@ -63,12 +64,21 @@ impl Store {
     /// one transaction (group commit), so many requests share one fsync. With an idempotency
     /// key, a repeat of the same request returns the original job; a different request with the
     /// same key is a `Conflict`.
-    pub async fn enqueue(&self, job: NewJob, key: Option<String>) -> Result<Enqueued, Error> {
+    pub async fn enqueue(
+        &self,
+        job: NewJob,
+        key: Option<String>,
+        request_id: Option<String>,
+    ) -> Result<Enqueued, Error> {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(Error::ShuttingDown);
         }
         let (reply, rx) = oneshot::channel();
-        self.inner.enqueue_tx.send(EnqueueRequest { job, key, reply }).await.map_err(|_| Error::ShuttingDown)?;
+        self.inner
+            .enqueue_tx
+            .send(EnqueueRequest { job, key, request_id, reply })
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
     }
 
@@ -115,46 +125,87 @@ impl Store {
         Ok(JobPage { items, next })
     }
 
-    /// Cancels a PENDING job at once (returns `Some(CANCELED)`), or marks a RUNNING one for
-    /// cancellation (returns `Some(RUNNING)`; its worker stops it). A finished job is a
-    /// `Conflict` carrying its status; an unknown id is `NotFound`.
-    pub async fn cancel(&self, id: JobId) -> Result<JobStatus, Error> {
-        // Two attempts: a job can move from RUNNING back to PENDING (retry) between them.
+    /// Cancels a PENDING job at once (returns `CANCELED`), or marks a RUNNING one for
+    /// cancellation (returns `RUNNING`; its worker stops it). Records who asked in the job's
+    /// events, in the same transaction. A finished job is a `Conflict` naming its status; an
+    /// unknown id is `NotFound`.
+    pub async fn cancel(&self, id: JobId, actor: &str, request_id: Option<String>) -> Result<JobStatus, Error> {
+        // A few rounds: a job can move from RUNNING back to PENDING (retry) in between.
         for _ in 0..3 {
             let now = now_us();
+            let txn = self.inner.write.begin().await?;
             let done = exec(
-                &self.inner.write,
+                &txn,
                 self.stmt(
                     "UPDATE jobs SET status = 'CANCELED', finished_at = $1, error = 'canceled by request' WHERE id = $2 AND status = 'PENDING'",
                     vec![now.into(), id.0.into()],
                 ),
             )
             .await?;
-            if done == 1 {
-                self.add_pending_estimate(-1);
-                return Ok(JobStatus::Canceled);
-            }
-            let marked = exec(
-                &self.inner.write,
+            let outcome = if done == 1 {
+                Some(JobStatus::Canceled)
+            } else {
+                let marked = exec(
+                    &txn,
+                    self.stmt(
+                        "UPDATE jobs SET cancel_requested = TRUE WHERE id = $1 AND status = 'RUNNING'",
+                        vec![id.0.into()],
+                    ),
+                )
+                .await?;
+                (marked == 1).then_some(JobStatus::Running)
+            };
+            let Some(outcome) = outcome else {
+                txn.rollback().await?;
+                let status = self.get_from_writer(id).await?;
+                if status.is_terminal() {
+                    return Err(Error::Conflict(format!("job is already {status}")));
+                }
+                continue;
+            };
+            let event = if outcome == JobStatus::Canceled { "canceled" } else { "cancel_requested" };
+            exec(
+                &txn,
                 self.stmt(
-                    "UPDATE jobs SET cancel_requested = TRUE WHERE id = $1 AND status = 'RUNNING'",
-                    vec![id.0.into()],
+                    "INSERT INTO job_events (job_id, at, event, actor, request_id) VALUES ($1, $2, $3, $4, $5)",
+                    vec![id.0.into(), now.into(), event.into(), actor.into(), request_id.clone().into()],
                 ),
             )
             .await?;
-            if marked == 1 {
-                if self.inner.backend == Backend::Postgres {
-                    let note = format!("SELECT pg_notify('{}', $1)", super::CANCEL_CHANNEL);
-                    self.inner.write.execute_raw(self.stmt(&note, vec![id.to_string().into()])).await?;
-                }
-                return Ok(JobStatus::Running);
+            if outcome == JobStatus::Running && self.inner.backend == Backend::Postgres {
+                let note = format!("SELECT pg_notify('{}', $1)", super::CANCEL_CHANNEL);
+                txn.execute_raw(self.stmt(&note, vec![id.to_string().into()])).await?;
             }
-            let status = self.get_from_writer(id).await?;
-            if status.is_terminal() {
-                return Err(Error::Conflict(format!("job is already {status}")));
+            txn.commit().await?;
+            if outcome == JobStatus::Canceled {
+                self.add_pending_estimate(-1);
             }
+            return Ok(outcome);
         }
         Err(Error::Conflict("job changed state during cancel; try again".into()))
+    }
+
+    /// The audit events of a job, oldest first.
+    pub async fn events(&self, id: JobId) -> Result<Vec<JobEvent>, Error> {
+        let rows = self
+            .inner
+            .read
+            .query_all_raw(self.stmt(
+                "SELECT at, event, actor, request_id, detail FROM job_events WHERE job_id = $1 ORDER BY id",
+                vec![id.0.into()],
+            ))
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(JobEvent {
+                    at: get(r, "at")?,
+                    event: get(r, "event")?,
+                    actor: get(r, "actor")?,
+                    request_id: get(r, "request_id")?,
+                    detail: get(r, "detail")?,
+                })
+            })
+            .collect()
     }
 
     async fn get_from_writer(&self, id: JobId) -> Result<JobStatus, Error> {
@@ -234,7 +285,7 @@ async fn insert_batch(store: &Store, requests: &[EnqueueRequest]) -> Result<Vec<
         let fingerprint = req.key.as_ref().map(|_| req.job.fingerprint());
         let n = values.len();
         rows_sql.push(format!(
-            "(${},${},${},${},${},'PENDING',0,${},${},FALSE,${},${})",
+            "(${},${},${},${},${},'PENDING',0,${},${},FALSE,${},${},${})",
             n + 1,
             n + 2,
             n + 3,
@@ -243,7 +294,8 @@ async fn insert_batch(store: &Store, requests: &[EnqueueRequest]) -> Result<Vec<
             n + 6,
             n + 6,
             n + 7,
-            n + 8
+            n + 8,
+            n + 9
         ));
         values.push(id.0.into());
         values.push(req.job.action.as_str().into());
@@ -253,12 +305,13 @@ async fn insert_batch(store: &Store, requests: &[EnqueueRequest]) -> Result<Vec<
         values.push(now.into());
         values.push(req.key.clone().into());
         values.push(fingerprint.into());
+        values.push(req.job.submitted_by.clone().into());
         ids.push(id);
     }
     let mut inserted = std::collections::HashSet::new();
     if !rows_sql.is_empty() {
         let sql = format!(
-            "INSERT INTO jobs (id, action, target, requested_by, parameters, status, attempts, created_at, run_at, cancel_requested, idempotency_key, request_fingerprint) VALUES {} ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+            "INSERT INTO jobs (id, action, target, requested_by, parameters, status, attempts, created_at, run_at, cancel_requested, idempotency_key, request_fingerprint, submitted_by) VALUES {} ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
             rows_sql.join(",")
         );
         for row in txn.query_all_raw(store.stmt(&sql, values)).await? {
@@ -292,6 +345,23 @@ async fn insert_batch(store: &Store, requests: &[EnqueueRequest]) -> Result<Vec<
                 ),
             );
         }
+    }
+    // The audit row of each new job, in the same transaction.
+    let created: Vec<(&EnqueueRequest, &JobId)> =
+        requests.iter().zip(&ids).filter(|(_, id)| inserted.contains(&id.0)).collect();
+    if !created.is_empty() {
+        let mut rows = Vec::with_capacity(created.len());
+        let mut values: Vec<Value> = Vec::with_capacity(created.len() * 4);
+        for (req, id) in &created {
+            let n = values.len();
+            rows.push(format!("(${},${},'created',${},${})", n + 1, n + 2, n + 3, n + 4));
+            values.push(id.0.into());
+            values.push(now.into());
+            values.push(req.job.submitted_by.clone().into());
+            values.push(req.request_id.clone().into());
+        }
+        let sql = format!("INSERT INTO job_events (job_id, at, event, actor, request_id) VALUES {}", rows.join(","));
+        txn.execute_raw(store.stmt(&sql, values)).await?;
     }
     if !inserted.is_empty() && inner.backend == Backend::Postgres {
         // One NOTIFY per batch, delivered at commit: NOTIFY serialises commits, so never per job.
@@ -349,5 +419,6 @@ pub(super) fn row_to_job(row: &QueryResult) -> Result<Job, Error> {
         started_at: get(row, "started_at")?,
         finished_at: get(row, "finished_at")?,
         cancel_requested: get(row, "cancel_requested")?,
+        submitted_by: get(row, "submitted_by")?,
     })
 }

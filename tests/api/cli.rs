@@ -75,7 +75,7 @@ async fn unknown_variables_are_warned_about_and_passwords_never_printed() {
     assert!(log.contains("GATEWAY_WROKERS"), "typo not reported");
     assert!(log.contains("REDACTED"), "effective config is logged, redacted");
     assert!(!log.contains("hunter2-secret"), "password leaked into the log");
-    let accepted = log.lines().find(|l| l.contains("job accepted")).expect("job accepted line");
+    let accepted = log.lines().find(|l| l.contains("\"outcome\":\"accepted\"")).expect("audit line of the create");
     let line: serde_json::Value = serde_json::from_str(accepted).expect("JSON log line");
     assert_eq!(line["job_id"], id[0].to_string());
     assert_eq!(line["action"], "health_check");

@@ -23,10 +23,21 @@ fn operations_declare_their_error_statuses() {
         v.sort();
         v
     };
-    assert_eq!(statuses("/v1/jobs", "post"), ["202", "400", "409", "413", "415", "422", "429", "500", "503"]);
-    assert_eq!(statuses("/v1/jobs/{job_id}", "get"), ["200", "400", "404", "500", "503"]);
-    assert_eq!(statuses("/v1/jobs", "get"), ["200", "400", "500", "503"]);
-    assert_eq!(statuses("/v1/jobs/{job_id}/cancel", "post"), ["200", "202", "400", "404", "409", "500", "503"]);
+    assert_eq!(
+        statuses("/v1/jobs", "post"),
+        ["202", "400", "401", "403", "408", "409", "413", "415", "422", "429", "500", "503"]
+    );
+    assert_eq!(statuses("/v1/jobs/{job_id}", "get"), ["200", "400", "401", "403", "404", "429", "500", "503"]);
+    assert_eq!(statuses("/v1/jobs/{job_id}/events", "get"), ["200", "400", "401", "403", "404", "429", "500", "503"]);
+    assert_eq!(statuses("/v1/jobs", "get"), ["200", "400", "401", "403", "429", "500", "503"]);
+    assert_eq!(
+        statuses("/v1/jobs/{job_id}/cancel", "post"),
+        ["200", "202", "400", "401", "403", "404", "409", "429", "500", "503"]
+    );
+    // The bearer scheme is declared, and optional (authentication can be off).
+    assert_eq!(spec["components"]["securitySchemes"]["bearerAuth"]["scheme"], "bearer");
+    let security = &spec["paths"]["/v1/jobs"]["post"]["security"];
+    assert!(security.as_array().unwrap().iter().any(|s| s.get("bearerAuth").is_some()), "{security}");
     let problem = &spec["paths"]["/v1/jobs"]["post"]["responses"]["422"]["content"];
     assert!(problem.get("application/problem+json").is_some(), "{problem}");
     let example = &spec["components"]["schemas"]["CreateJobRequest"]["example"];

@@ -1,5 +1,6 @@
 //! Integration tests: the real app over real HTTP, each on SQLite and on PostgreSQL.
 
+mod auth;
 mod cli;
 mod contract;
 mod errors;

@@ -208,7 +208,7 @@ const ENV: [(&str, &str); 4] = [
     ("GATEWAY_LEASE_SECS", "2"),
     ("GATEWAY_WORKERS", "16"),
     ("GATEWAY_SIM_DURATION_MS", "5-40"),
-    ("GATEWAY_SHUTDOWN_DELAY_MS", "400"),
+    ("GATEWAY_SHUTDOWN_DELAY_MS", "1000"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
