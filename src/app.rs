@@ -6,9 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use poem::Server;
-use poem::listener::{Acceptor, TcpAcceptor};
-
 use crate::api;
 use crate::auth::{Authenticator, RateLimiter};
 use crate::config::Config;
@@ -77,9 +74,8 @@ impl App {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
-        let acceptor = TcpAcceptor::from_tokio(listener)?;
-        let addr = acceptor.local_addr().first().map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!(addr = %addr, "serving HTTP");
+        let local = listener.local_addr()?;
+        tracing::info!(addr = %local, "serving HTTP");
         let state = api::State {
             store: self.store.clone(),
             executor: self.executor.clone(),
@@ -107,16 +103,74 @@ impl App {
             tracing::info!("no longer accepting connections or new jobs; draining");
             store.close_for_writes();
         };
-        Server::new_with_acceptor(acceptor)
-            .idle_timeout(Duration::from_secs(75))
-            .run_with_graceful_shutdown(routes, signal, Some(Duration::from_secs(10)))
-            .await?;
+        serve(listener, routes, Duration::from_secs(self.config.header_timeout_secs), signal).await;
         reload.abort();
         self.executor.shutdown().await;
         self.store.close().await;
         self.metrics.shutdown();
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The HTTP server: hyper with a header-read deadline (slow clients cannot pin connections),
+/// the poem endpoint as the service, and a graceful drain of in-flight requests on shutdown.
+/// poem's own server has no header timeout, hence this small loop.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    routes: impl poem::Endpoint + 'static,
+    header_timeout: Duration,
+    signal: impl Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use poem::{Endpoint, EndpointExt};
+
+    let endpoint = Arc::new(routes.map_to_response().boxed());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(128 * 1024)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(header_timeout * 3));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let local = listener.local_addr().ok();
+    let mut signal = std::pin::pin!(signal);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut signal => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let endpoint = endpoint.clone();
+        let local_addr =
+            poem::web::LocalAddr(local.map(poem::Addr::SocketAddr).unwrap_or(poem::Addr::Custom("tcp", "".into())));
+        let remote_addr = poem::web::RemoteAddr(poem::Addr::SocketAddr(peer));
+        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let endpoint = endpoint.clone();
+            let req =
+                poem::Request::from((req, local_addr.clone(), remote_addr.clone(), poem::http::uri::Scheme::HTTP));
+            async move { Ok::<_, std::convert::Infallible>(hyper::Response::from(endpoint.get_response(req).await)) }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            // Errors here are clients going away or timing out; nothing to report.
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
+        tracing::warn!("in-flight requests still open after 10 s; closing them");
     }
 }
 
