@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{Backend, Error, JOBS_CHANNEL, Store, exec, get, now_us};
+use super::{Backend, Error, JOBS_CHANNEL, Store, exec, get, now_us, values_in_chunks};
 use crate::jobs::{Action, Job, JobEvent, JobId, JobStatus, NewJob};
 
 /// Most jobs committed in one transaction.
@@ -278,46 +278,37 @@ async fn insert_batch(store: &Store, requests: &[EnqueueRequest]) -> Result<Vec<
 
     let now = now_us();
     let mut ids = Vec::with_capacity(requests.len());
-    let mut values: Vec<Value> = Vec::with_capacity(requests.len() * 10);
-    let mut rows_sql = Vec::with_capacity(requests.len());
+    let mut rows = Vec::with_capacity(requests.len());
     for req in requests.iter().take(room as usize) {
         let id = JobId::new();
         let fingerprint = req.key.as_ref().map(|_| req.job.fingerprint());
-        let n = values.len();
-        rows_sql.push(format!(
-            "(${},${},${},${},${},'PENDING',0,${},${},FALSE,${},${},${})",
-            n + 1,
-            n + 2,
-            n + 3,
-            n + 4,
-            n + 5,
-            n + 6,
-            n + 6,
-            n + 7,
-            n + 8,
-            n + 9
-        ));
-        values.push(id.0.into());
-        values.push(req.job.action.as_str().into());
-        values.push(req.job.target.clone().into());
-        values.push(req.job.requested_by.clone().into());
-        values.push(req.job.parameters.to_string().into());
-        values.push(now.into());
-        values.push(req.key.clone().into());
-        values.push(fingerprint.into());
-        values.push(req.job.submitted_by.clone().into());
+        rows.push(vec![
+            id.0.into(),
+            req.job.action.as_str().into(),
+            req.job.target.clone().into(),
+            req.job.requested_by.clone().into(),
+            req.job.parameters.to_string().into(),
+            now.into(),
+            now.into(),
+            req.key.clone().into(),
+            fingerprint.into(),
+            req.job.submitted_by.clone().into(),
+        ]);
         ids.push(id);
     }
-    let mut inserted = std::collections::HashSet::new();
-    if !rows_sql.is_empty() {
-        let sql = format!(
-            "INSERT INTO jobs (id, action, target, requested_by, parameters, status, attempts, created_at, run_at, cancel_requested, idempotency_key, request_fingerprint, submitted_by) VALUES {} ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-            rows_sql.join(",")
-        );
-        for row in txn.query_all_raw(store.stmt(&sql, values)).await? {
-            inserted.insert(get::<Uuid>(&row, "id")?);
-        }
-    }
+    let inserted: std::collections::HashSet<Uuid> = values_in_chunks(
+        &txn,
+        inner.backend,
+        "INSERT INTO jobs (id, action, target, requested_by, parameters, status, attempts, created_at, run_at, \
+         cancel_requested, idempotency_key, request_fingerprint, submitted_by)",
+        "(#,#,#,#,#,'PENDING',0,#,#,FALSE,#,#,#)",
+        "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+        rows,
+    )
+    .await?
+    .iter()
+    .map(|row| get::<Uuid>(row, "id"))
+    .collect::<Result<_, _>>()?;
 
     // Requests whose row was not inserted collided on their idempotency key: with an earlier
     // job, or with another request in this very batch.
@@ -329,12 +320,15 @@ async fn insert_batch(store: &Store, requests: &[EnqueueRequest]) -> Result<Vec<
         .collect();
     let mut existing: HashMap<String, (JobId, JobStatus, Option<String>)> = HashMap::new();
     if !replay_keys.is_empty() {
-        let placeholders: Vec<String> = (1..=replay_keys.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "SELECT id, status, idempotency_key, request_fingerprint FROM jobs WHERE idempotency_key IN ({})",
-            placeholders.join(",")
-        );
-        let rows = txn.query_all_raw(store.stmt(&sql, replay_keys.iter().map(|k| k.clone().into()).collect())).await?;
+        let rows = values_in_chunks(
+            &txn,
+            inner.backend,
+            "SELECT id, status, idempotency_key, request_fingerprint FROM jobs WHERE idempotency_key IN (",
+            "(#)",
+            ")",
+            replay_keys.iter().map(|k| vec![k.clone().into()]).collect(),
+        )
+        .await?;
         for row in rows {
             existing.insert(
                 get::<String>(&row, "idempotency_key")?,
@@ -347,22 +341,23 @@ async fn insert_batch(store: &Store, requests: &[EnqueueRequest]) -> Result<Vec<
         }
     }
     // The audit row of each new job, in the same transaction.
-    let created: Vec<(&EnqueueRequest, &JobId)> =
-        requests.iter().zip(&ids).filter(|(_, id)| inserted.contains(&id.0)).collect();
-    if !created.is_empty() {
-        let mut rows = Vec::with_capacity(created.len());
-        let mut values: Vec<Value> = Vec::with_capacity(created.len() * 4);
-        for (req, id) in &created {
-            let n = values.len();
-            rows.push(format!("(${},${},'created',${},${})", n + 1, n + 2, n + 3, n + 4));
-            values.push(id.0.into());
-            values.push(now.into());
-            values.push(req.job.submitted_by.clone().into());
-            values.push(req.request_id.clone().into());
-        }
-        let sql = format!("INSERT INTO job_events (job_id, at, event, actor, request_id) VALUES {}", rows.join(","));
-        txn.execute_raw(store.stmt(&sql, values)).await?;
-    }
+    let events: Vec<Vec<Value>> = requests
+        .iter()
+        .zip(&ids)
+        .filter(|(_, id)| inserted.contains(&id.0))
+        .map(|(req, id)| {
+            vec![id.0.into(), now.into(), req.job.submitted_by.clone().into(), req.request_id.clone().into()]
+        })
+        .collect();
+    values_in_chunks(
+        &txn,
+        inner.backend,
+        "INSERT INTO job_events (job_id, at, event, actor, request_id)",
+        "(#,#,'created',#,#)",
+        "",
+        events,
+    )
+    .await?;
     if !inserted.is_empty() && inner.backend == Backend::Postgres {
         // One NOTIFY per batch, delivered at commit: NOTIFY serialises commits, so never per job.
         txn.execute_unprepared(&format!("NOTIFY {JOBS_CHANNEL}")).await?;

@@ -185,6 +185,50 @@ async fn exec(db: &impl ConnectionTrait, st: Statement) -> Result<u64, Error> {
     Ok(db.execute_raw(st).await?.rows_affected())
 }
 
+/// Runs `{prefix} VALUES (row),(row)... {suffix}` over `rows`, where `row` marks each
+/// placeholder with `#`. Rows go in chunks whose sizes are powers of two, so each connection's
+/// prepared-statement cache holds at most nine shapes of the statement instead of one per batch
+/// size (which grew memory by tens of megabytes under load).
+async fn values_in_chunks(
+    db: &impl ConnectionTrait,
+    backend: Backend,
+    prefix: &str,
+    row: &str,
+    suffix: &str,
+    mut rows: Vec<Vec<Value>>,
+) -> Result<Vec<QueryResult>, Error> {
+    let mut out = Vec::new();
+    while !rows.is_empty() {
+        let take = 1usize << (usize::BITS - 1 - rows.len().min(256).leading_zeros());
+        let rest = rows.split_off(take);
+        let mut sql = String::with_capacity(prefix.len() + suffix.len() + take * (row.len() + 16));
+        sql.push_str(prefix);
+        sql.push_str(" VALUES ");
+        let mut n = 0;
+        for i in 0..take {
+            if i > 0 {
+                sql.push(',');
+            }
+            for part in row.split_inclusive('#') {
+                match part.strip_suffix('#') {
+                    Some(text) => {
+                        n += 1;
+                        sql.push_str(text);
+                        sql.push_str(&format!("${n}"));
+                    }
+                    None => sql.push_str(part),
+                }
+            }
+        }
+        sql.push(' ');
+        sql.push_str(suffix);
+        let values: Vec<Value> = rows.into_iter().flatten().collect();
+        out.extend(db.query_all_raw(stmt(backend, &sql, values)).await?);
+        rows = rest;
+    }
+    Ok(out)
+}
+
 fn get<T: sea_orm::TryGetable>(row: &QueryResult, col: &str) -> Result<T, Error> {
     row.try_get::<T>("", col).map_err(Error::Other)
 }

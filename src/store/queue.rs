@@ -157,60 +157,72 @@ impl Store {
         rows.iter().map(|r| Ok(JobId(get::<Uuid>(r, "id")?))).collect()
     }
 
-    /// Writes a batch of finished attempts in one transaction. Returns, for each, the status it
-    /// now has, or `None` when the fence refused it (the attempt was no longer current).
+    /// Writes a batch of finished attempts in one transaction, one statement per chunk. Returns,
+    /// for each, the status it now has, or `None` when the fence refused it (the attempt was no
+    /// longer current).
     pub async fn finish_batch(&self, batch: &[Completion]) -> Result<Vec<Option<JobStatus>>, Error> {
         let now = now_us();
-        // Write in id order (see `heartbeat`), answer in the caller's order.
+        // Rows in id order (see `heartbeat`): the join visits them in that order.
         let mut order: Vec<usize> = (0..batch.len()).collect();
         order.sort_by_key(|&i| batch[i].id);
-        let mut statuses = vec![None; batch.len()];
+        let rows: Vec<Vec<Value>> = order
+            .iter()
+            .map(|&i| {
+                let c = &batch[i];
+                let (status, result, error, run_at): (&str, Option<String>, Option<String>, Option<i64>) =
+                    match &c.outcome {
+                        Outcome::Success(r) => ("SUCCESS", Some(r.to_string()), None, None),
+                        Outcome::Failed(e) => ("FAILED", None, Some(e.clone()), None),
+                        Outcome::Canceled => ("CANCELED", None, Some("canceled by request".to_owned()), None),
+                        Outcome::Retry { error, run_at } => ("PENDING", None, Some(error.clone()), Some(*run_at)),
+                    };
+                vec![
+                    c.id.0.into(),
+                    c.attempt.into(),
+                    status.into(),
+                    result.into(),
+                    error.into(),
+                    run_at.into(),
+                    now.into(),
+                ]
+            })
+            .collect();
+        // A retry becomes CANCELED instead when a cancel was requested meanwhile.
+        let prefix = concat!(
+            "UPDATE jobs SET \
+             status = CASE WHEN v.column3 = 'PENDING' AND jobs.cancel_requested THEN 'CANCELED' ELSE v.column3 END, \
+             finished_at = CASE WHEN v.column3 = 'PENDING' AND NOT jobs.cancel_requested THEN NULL ELSE v.column7 END, \
+             result = v.column4, error = v.column5, run_at = COALESCE(v.column6, jobs.run_at), \
+             lease_owner = NULL, lease_until = NULL \
+             FROM ("
+        );
+        let row = match self.inner.backend {
+            // PostgreSQL types the VALUES list from its first row; say what each column is.
+            Backend::Postgres => "(#::uuid,#::int4,#::text,#::text,#::text,#::int8,#::int8)",
+            Backend::Sqlite => "(#,#,#,#,#,#,#)",
+        };
         let txn = self.inner.write.begin().await?;
-        let mut requeued = 0;
-        for &i in &order {
-            let c = &batch[i];
-            let (sql, mut values): (&str, Vec<Value>) = match &c.outcome {
-                Outcome::Success(result) => (
-                    "UPDATE jobs SET status = 'SUCCESS', finished_at = $1, result = $2, error = NULL, lease_owner = NULL, lease_until = NULL \
-                     WHERE id = $3 AND attempts = $4 AND status = 'RUNNING' RETURNING status",
-                    vec![now.into(), Some(result.to_string()).into()],
-                ),
-                Outcome::Failed(error) => (
-                    "UPDATE jobs SET status = 'FAILED', finished_at = $1, error = $2, lease_owner = NULL, lease_until = NULL \
-                     WHERE id = $3 AND attempts = $4 AND status = 'RUNNING' RETURNING status",
-                    vec![now.into(), Some(error.clone()).into()],
-                ),
-                Outcome::Canceled => (
-                    "UPDATE jobs SET status = 'CANCELED', finished_at = $1, error = $2, lease_owner = NULL, lease_until = NULL \
-                     WHERE id = $3 AND attempts = $4 AND status = 'RUNNING' RETURNING status",
-                    vec![now.into(), Some("canceled by request".to_owned()).into()],
-                ),
-                Outcome::Retry { error, .. } => (
-                    "UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'CANCELED' ELSE 'PENDING' END, \
-                     finished_at = CASE WHEN cancel_requested THEN $1 ELSE NULL END, \
-                     run_at = $5, error = $2, lease_owner = NULL, lease_until = NULL \
-                     WHERE id = $3 AND attempts = $4 AND status = 'RUNNING' RETURNING status",
-                    vec![now.into(), Some(error.clone()).into()],
-                ),
-            };
-            values.push(c.id.0.into());
-            values.push(c.attempt.into());
-            if let Outcome::Retry { run_at, .. } = &c.outcome {
-                values.push((*run_at).into());
-            }
-            let row = txn.query_one_raw(self.stmt(sql, values)).await?;
-            let status = row.map(|r| get::<String>(&r, "status").and_then(|s| parse_status(&s))).transpose()?;
-            if status == Some(JobStatus::Pending) {
-                requeued += 1;
-            }
-            statuses[i] = status;
+        let written = super::values_in_chunks(
+            &txn,
+            self.inner.backend,
+            prefix,
+            row,
+            ") AS v WHERE jobs.id = v.column1 AND jobs.attempts = v.column2 AND jobs.status = 'RUNNING' \
+             RETURNING jobs.id AS id, jobs.status AS status",
+            rows,
+        )
+        .await?;
+        let mut by_id = std::collections::HashMap::with_capacity(written.len());
+        for r in &written {
+            by_id.insert(get::<Uuid>(r, "id")?, parse_status(&get::<String>(r, "status")?)?);
         }
+        let requeued = by_id.values().filter(|s| **s == JobStatus::Pending).count() as i64;
         if requeued > 0 && self.inner.backend == Backend::Postgres {
             txn.execute_unprepared(&format!("NOTIFY {}", super::JOBS_CHANNEL)).await?;
         }
         txn.commit().await?;
         self.add_pending_estimate(requeued);
-        Ok(statuses)
+        Ok(batch.iter().map(|c| by_id.get(&c.id.0).copied()).collect())
     }
 
     /// RUNNING jobs whose lease ended before now. With `all_running`, every RUNNING job
