@@ -7,13 +7,13 @@ CARGO ?= cargo
 # Where cargo puts binaries (honours CARGO_TARGET_DIR).
 TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 
-.PHONY: run test lint test-rust test-deploy check-postgres openapi bench bench-smoke
+.PHONY: run test lint test-rust test-deploy test-security check-postgres openapi bench bench-smoke
 
 run:
 	$(CARGO) run --release
 
 ## The README's test command.
-test: lint check-postgres test-rust bench-smoke test-deploy
+test: lint check-postgres test-rust bench-smoke test-deploy test-security
 	@echo "make test: all suites passed"
 
 lint:
@@ -34,6 +34,13 @@ test-rust:
 test-deploy:
 	$(CARGO) build --locked --bin automation-gateway
 	GATEWAY_BIN="$(TARGET_DIR)/debug/automation-gateway" bash tests/deploy/run.sh
+
+# Fuzzing from the OpenAPI document (schemathesis), hostile input, token leaks, and
+# `cargo deny check licenses bans sources`.
+test-security:
+	$(CARGO) build --locked --bin automation-gateway
+	GATEWAY_BIN="$(TARGET_DIR)/debug/automation-gateway" bash tests/security/run.sh
+	bash tests/security/deny.sh
 
 # Regenerates the committed OpenAPI document (a test fails when it drifts).
 openapi:

@@ -161,11 +161,20 @@ async fn serve(
                 poem::Request::from((req, local_addr.clone(), remote_addr.clone(), poem::http::uri::Scheme::HTTP));
             async move { Ok::<_, std::convert::Infallible>(hyper::Response::from(endpoint.get_response(req).await)) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
+            // hyper's header deadline starts with a request's first byte, so a connection that
+            // never sends one would stay open for ever: it gets the same deadline to start.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                // Silent past the deadline, closed, or broken: drop it.
+                _ => return,
+            }
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             // Errors here are clients going away or timing out; nothing to report.
-            let _ = conn.await;
+            let _ = watcher.watch(conn.into_owned()).await;
         });
     }
     drop(listener);

@@ -263,7 +263,10 @@ impl RateLimiter {
         }
         let now = Instant::now();
         let Ok(mut buckets) = self.buckets.lock() else { return Ok(()) };
-        let (tokens, last) = buckets.entry(identity.to_owned()).or_insert((self.burst, now));
+        if !buckets.contains_key(identity) {
+            buckets.insert(identity.to_owned(), (self.burst, now));
+        }
+        let Some((tokens, last)) = buckets.get_mut(identity) else { return Ok(()) };
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.burst);
         *last = now;
         if *tokens >= 1.0 {

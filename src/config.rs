@@ -129,8 +129,8 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub request_timeout_secs: u64,
 
-    /// Seconds a client may take to send a request's headers; slower connections are closed
-    /// (slowloris protection). Also closes connections idle for 10 times as long.
+    /// Seconds a client may take to start and send a request's headers; slower connections are
+    /// closed (slowloris protection), and so are connections idle this long between requests.
     #[arg(long, env = "GATEWAY_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub header_timeout_secs: u64,
 

@@ -85,13 +85,13 @@ impl From<ActionOut> for Action {
 #[oai(example)]
 pub struct CreateJobRequest {
     /// The action: `restart_service`, `rotate_config` or `health_check` (others get 422).
-    #[oai(validator(max_length = 64))]
+    #[oai(validator(min_length = 1, max_length = 64))]
     pub action: String,
     /// What to run it against: 1 to 253 letters, digits and `-_.:/@`.
-    #[oai(validator(max_length = 253))]
+    #[oai(validator(min_length = 1, max_length = 253, pattern = r"^[A-Za-z0-9._:/@-]+$"))]
     pub target: String,
-    /// Who asks (free text, e.g. an e-mail address), 1 to 320 characters.
-    #[oai(validator(max_length = 320))]
+    /// Who asks (free text, e.g. an e-mail address), 1 to 320 characters, no control characters.
+    #[oai(validator(min_length = 1, max_length = 320))]
     pub requested_by: String,
     /// Parameters for the action (an object, default `{}`, at most 16 levels deep). The simulated
     /// runner honours `simulate: {"duration_ms": N, "fail": true|false}`.
@@ -138,10 +138,13 @@ pub struct JobOut {
     /// The status.
     pub status: JobStatusOut,
     /// When the first attempt started (RFC 3339, UTC), or null.
+    #[oai(nullable)]
     pub started_at: Option<String>,
     /// When the job reached a terminal status (RFC 3339, UTC), or null.
+    #[oai(nullable)]
     pub finished_at: Option<String>,
     /// Why the job failed (or why the last attempt failed, while a retry is pending), or null.
+    #[oai(nullable)]
     pub error: Option<String>,
     /// Who asked, as the caller said.
     pub requested_by: String,
@@ -152,11 +155,13 @@ pub struct JobOut {
     /// Attempts started so far.
     pub attempts: i32,
     /// The runner's output, for SUCCESS jobs; otherwise null.
+    #[oai(nullable)]
     pub result: Option<Value>,
     /// True once a cancel was requested while the job was running.
     pub cancel_requested: bool,
     /// The authenticated identity that submitted the job (the API token's name, or
     /// `anonymous` while authentication is off).
+    #[oai(nullable)]
     pub submitted_by: Option<String>,
 }
 
@@ -170,6 +175,7 @@ pub struct JobEventOut {
     /// The identity that did it.
     pub actor: String,
     /// The `x-request-id` of the request that did it.
+    #[oai(nullable)]
     pub request_id: Option<String>,
 }
 
@@ -234,6 +240,7 @@ pub struct JobPage {
     /// The jobs.
     pub items: Vec<JobOut>,
     /// Pass as `cursor` to get the next page; null on the last page.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 

@@ -44,9 +44,15 @@ async fn every_error_row_answers_problem_json(backend: Backend) {
     .await;
     let bad_target = assert_problem(
         app.post_job(&json!({"action": "health_check", "target": "a b", "requested_by": "me"})).await,
-        422,
+        400,
     )
     .await;
+    let mut deep = json!(1);
+    for _ in 0..20 {
+        deep = json!({ "a": deep });
+    }
+    let deep_body = json!({"action": "health_check", "target": "x", "requested_by": "me", "parameters": deep});
+    let too_deep = assert_problem(app.post_job(&deep_body).await, 422).await;
     let wrong_ct = assert_problem(post("{}", "text/plain").await.unwrap(), 415).await;
     let big = "x".repeat(70 * 1024);
     let too_large =
@@ -67,7 +73,8 @@ async fn every_error_row_answers_problem_json(backend: Backend) {
     assert!(wrong_type["detail"].as_str().unwrap().contains("map_any"), "{wrong_type}");
     assert_eq!(unknown["supported_actions"], json!(["restart_service", "rotate_config", "health_check"]));
     assert_eq!(unknown["errors"][0]["field"], "action");
-    assert_eq!(bad_target["errors"][0]["field"], "target");
+    assert!(bad_target["detail"].as_str().unwrap().contains("target"), "{bad_target}");
+    assert_eq!(too_deep["errors"][0]["field"], "parameters");
     assert!(wrong_ct["detail"].as_str().unwrap().contains("text/plain"));
     assert!(not_found["detail"].as_str().unwrap().contains("no job"));
     app.stop().await;

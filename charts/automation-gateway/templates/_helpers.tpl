@@ -90,6 +90,15 @@ combination fails every render with a clear message.
 {{- fail "autoscaling.enabled=true needs targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage." }}
 {{- end }}
 {{- end }}
+{{- if and .Values.auth.enabled (not .Values.auth.existingSecret) }}
+{{- fail "auth.enabled=true needs auth.existingSecret: the name of an existing Secret whose key auth.secretKey holds the tokens file (see the chart README, \"Authentication\"). Set auth.enabled=false to run the API without tokens." }}
+{{- end }}
+{{- if and .Values.metrics.requireToken (not .Values.auth.enabled) }}
+{{- fail "metrics.requireToken=true needs auth.enabled=true: without a tokens file no token can be checked." }}
+{{- end }}
+{{- if and .Values.metrics.requireToken .Values.serviceMonitor.enabled (not .Values.metrics.scrapeToken.existingSecret) }}
+{{- fail "metrics.requireToken=true with serviceMonitor.enabled=true needs metrics.scrapeToken.existingSecret: the Secret holding the token Prometheus sends (otherwise every scrape gets 401)." }}
+{{- end }}
 {{- if le (int .Values.terminationGracePeriodSeconds) (add (int .Values.config.shutdownGraceSecs) (int .Values.preStopSleepSeconds)) }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must be larger than config.shutdownGraceSecs (%d) + preStopSleepSeconds (%d), or running jobs are killed before they drain." (int .Values.terminationGracePeriodSeconds) (int .Values.config.shutdownGraceSecs) (int .Values.preStopSleepSeconds)) }}
 {{- end }}
@@ -148,9 +157,13 @@ combination fails every render with a clear message.
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ .Values.config.otlpEndpoint | quote }}
 {{- end }}
-{{- if .Values.auth.existingSecret }}
+{{- if .Values.auth.enabled }}
 - name: GATEWAY_AUTH_TOKENS_FILE
   value: {{ printf "%s/%s" (trimSuffix "/" .Values.auth.mountPath) .Values.auth.secretKey | quote }}
+{{- if .Values.metrics.requireToken }}
+- name: GATEWAY_METRICS_REQUIRE_TOKEN
+  value: "true"
+{{- end }}
 {{- end }}
 {{- with .Values.env }}
 {{ toYaml . }}
