@@ -188,14 +188,12 @@ impl Store {
             })
             .collect();
         // A retry becomes CANCELED instead when a cancel was requested meanwhile.
-        let prefix = concat!(
-            "UPDATE jobs SET \
+        let prefix = "UPDATE jobs SET \
              status = CASE WHEN v.column3 = 'PENDING' AND jobs.cancel_requested THEN 'CANCELED' ELSE v.column3 END, \
              finished_at = CASE WHEN v.column3 = 'PENDING' AND NOT jobs.cancel_requested THEN NULL ELSE v.column7 END, \
              result = v.column4, error = v.column5, run_at = COALESCE(v.column6, jobs.run_at), \
              lease_owner = NULL, lease_until = NULL \
-             FROM ("
-        );
+             FROM (";
         let row = match self.inner.backend {
             // PostgreSQL types the VALUES list from its first row; say what each column is.
             Backend::Postgres => "(#::uuid,#::int4,#::text,#::text,#::text,#::int8,#::int8)",
