@@ -18,7 +18,7 @@ test: lint check-postgres test-rust bench-smoke test-deploy test-security
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets --locked -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	@if $(CARGO) tree -d --depth 0 --locked | grep -i opentelemetry; then \
 		echo "error: an opentelemetry crate appears twice in Cargo.lock"; exit 1; \
 	else echo "cargo tree -d: no duplicate opentelemetry crates"; fi

@@ -177,12 +177,18 @@ impl<E: Endpoint> Endpoint for ProblemsEndpoint<E> {
 
 impl<E: Endpoint> ProblemsEndpoint<E> {
     async fn handle(&self, mut req: Request, deadline: tokio::time::Instant) -> poem::Result<Response> {
+        // The rest of such a body is never read, so the connection cannot carry another request:
+        // say so, or a client would reuse it and see its next request fail.
+        let closing = |mut r: Response| {
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        };
         let too_large = || {
-            response(&Problem::new(
+            closing(response(&Problem::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload-too-large",
                 "request body is larger than the limit",
-            ))
+            )))
         };
         let declared =
             req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -194,11 +200,11 @@ impl<E: Endpoint> ProblemsEndpoint<E> {
             let read = tokio::time::timeout_at(deadline, req.take_body().into_bytes_limit(self.max_body_bytes));
             match read.await {
                 Err(_) => {
-                    return Ok(response(&Problem::new(
+                    return Ok(closing(response(&Problem::new(
                         StatusCode::REQUEST_TIMEOUT,
                         "request-timeout",
                         "the request body did not arrive in time",
-                    )));
+                    ))));
                 }
                 Ok(Ok(bytes)) => req.set_body(bytes),
                 Ok(Err(poem::error::ReadBodyError::PayloadTooLarge)) => return Ok(too_large()),

@@ -188,6 +188,11 @@ async fn dispatch_loop(ctx: Arc<Ctx>, permits: Arc<Semaphore>, poll: Duration, s
     let enqueued = ctx.store.enqueued_signal();
     let mut workers = JoinSet::new();
     let mut backoff = Duration::from_millis(50);
+    let pool = permits.available_permits();
+    // While a backlog is waiting, claim in batches of at least a quarter of the pool: claiming
+    // one job per freed slot would cost one transaction (an fsync on SQLite) per job.
+    let batch_min = (pool / 4).clamp(1, MAX_CLAIM);
+    let mut backlog = false;
     loop {
         let woke = enqueued.notified();
         let freed = ctx.capacity.notified();
@@ -196,12 +201,12 @@ async fn dispatch_loop(ctx: Arc<Ctx>, permits: Arc<Semaphore>, poll: Duration, s
         freed.as_mut().enable();
 
         let free = permits.available_permits().min(MAX_CLAIM);
-        let mut full_batch = false;
-        if free > 0 && !stop.is_cancelled() {
+        let worth_it = free > 0 && (!backlog || free >= batch_min || free == pool);
+        if worth_it && !stop.is_cancelled() {
             match ctx.store.claim_batch(ctx.owner, free, ctx.lease_us).await {
                 Ok(jobs) => {
                     backoff = Duration::from_millis(50);
-                    full_batch = jobs.len() == free;
+                    backlog = jobs.len() == free;
                     for job in jobs {
                         // Cannot fail: we asked for no more jobs than there are free permits
                         // and only this loop takes permits.
@@ -223,7 +228,7 @@ async fn dispatch_loop(ctx: Arc<Ctx>, permits: Arc<Semaphore>, poll: Duration, s
             }
         }
         while workers.try_join_next().is_some() {}
-        if full_batch && permits.available_permits() > 0 {
+        if backlog && permits.available_permits() >= batch_min {
             continue;
         }
         if stop.is_cancelled() {
