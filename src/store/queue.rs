@@ -96,14 +96,16 @@ impl Store {
     /// claim concurrently without waiting on each other's rows.
     pub async fn claim_batch(&self, owner: Uuid, limit: usize, lease_us: i64) -> Result<Vec<ClaimedJob>, Error> {
         let now = now_us();
-        let lock = match self.inner.backend {
-            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
+        // SQLite's planner prefers the (status, id) index here and then sorts every PENDING row;
+        // pinning the small run-order index keeps a claim independent of the queue's length.
+        let (index, lock) = match self.inner.backend {
+            Backend::Postgres => ("", "FOR UPDATE SKIP LOCKED"),
+            Backend::Sqlite => ("INDEXED BY jobs_pending_idx", ""),
         };
         let sql = format!(
             "UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1, lease_owner = $1, lease_until = $2, \
              started_at = COALESCE(started_at, $3) \
-             WHERE id IN (SELECT id FROM jobs WHERE status = 'PENDING' AND run_at <= $3 ORDER BY run_at, id LIMIT $4 {lock}) \
+             WHERE id IN (SELECT id FROM jobs {index} WHERE status = 'PENDING' AND run_at <= $3 ORDER BY run_at, id LIMIT $4 {lock}) \
              RETURNING id, action, target, parameters, attempts, created_at, started_at"
         );
         let rows = self
@@ -254,9 +256,15 @@ impl Store {
         let row = self
             .inner
             .read
-            .query_one_raw(
-                self.stmt("SELECT COUNT(*) AS n, MIN(run_at) AS oldest FROM jobs WHERE status = 'PENDING'", vec![]),
-            )
+            .query_one_raw(self.stmt(
+                match self.inner.backend {
+                    Backend::Sqlite => {
+                        "SELECT COUNT(*) AS n, MIN(run_at) AS oldest FROM jobs INDEXED BY jobs_pending_idx WHERE status = 'PENDING'"
+                    }
+                    Backend::Postgres => "SELECT COUNT(*) AS n, MIN(run_at) AS oldest FROM jobs WHERE status = 'PENDING'",
+                },
+                vec![],
+            ))
             .await?;
         let stats = match row {
             Some(r) => QueueStats { pending: get(&r, "n")?, oldest_run_at: get(&r, "oldest")? },
