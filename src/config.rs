@@ -138,6 +138,11 @@ pub struct Config {
     #[arg(long, env = "LOKI_URL")]
     pub loki_url: Option<url::Url>,
 
+    /// Export traces (HTTP requests and job attempts) over OTLP/HTTP to this collector base URL,
+    /// e.g. `http://tempo:4318` (spans go to `/v1/traces`); off when unset.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<url::Url>,
+
     /// Environment name, sent to Loki as the `env` label.
     #[arg(long = "env-name", env = "GATEWAY_ENV", default_value = "dev")]
     pub env_name: String,
@@ -169,6 +174,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "GATEWAY_REQUEST_TIMEOUT_SECS",
     "GATEWAY_HEADER_TIMEOUT_SECS",
     "LOKI_URL",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
     "GATEWAY_ENV",
     "RUST_LOG",
 ];
@@ -196,7 +202,7 @@ impl Config {
     /// The effective settings as `key=value` pairs, secrets redacted, for the start-up log.
     pub fn summary(&self) -> String {
         format!(
-            "database_url={} listen={} workers={} max_pending={} sim_duration_ms={} sim_failure_rate={} lease_secs={} shutdown_grace_secs={} shutdown_delay_ms={} poll_interval_ms={} max_body_bytes={} auth={} rate_limit={}/s burst {} request_timeout_secs={} header_timeout_secs={} loki={} env={}",
+            "database_url={} listen={} workers={} max_pending={} sim_duration_ms={} sim_failure_rate={} lease_secs={} shutdown_grace_secs={} shutdown_delay_ms={} poll_interval_ms={} max_body_bytes={} auth={} rate_limit={}/s burst {} request_timeout_secs={} header_timeout_secs={} loki={} otlp={} env={}",
             self.database_url,
             self.listen,
             self.workers,
@@ -214,6 +220,7 @@ impl Config {
             self.request_timeout_secs,
             self.header_timeout_secs,
             self.loki_url.as_ref().map(|u| u.as_str()).unwrap_or("off"),
+            self.otlp_endpoint.as_ref().map(|u| u.as_str()).unwrap_or("off"),
             self.env_name,
         )
     }

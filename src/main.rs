@@ -36,30 +36,33 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn init(config: &Config) -> anyhow::Result<()> {
-    telemetry::init_logs(config)?;
+fn init(config: &Config) -> anyhow::Result<telemetry::TelemetryGuard> {
+    let guard = telemetry::init_logs(config)?;
     for name in Config::unknown_env_vars() {
         tracing::warn!(variable = %name, "unknown GATEWAY_* environment variable ignored (typo?)");
     }
     tracing::info!(config = %config.summary(), version = env!("CARGO_PKG_VERSION"), "starting");
-    Ok(())
+    Ok(guard)
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
-    init(config)?;
+    let guard = init(config)?;
     let store = Store::connect(config).await?;
     store.migrate().await?;
     tracing::info!("migrations applied");
     store.close().await;
+    guard.shutdown();
     Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    init(&config)?;
+    let guard = init(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let app = App::build(config).await?;
     app.run(listener, automation_gateway::shutdown_signal()).await?;
+    // The batch exporter's thread flushes the last spans here.
+    tokio::task::spawn_blocking(move || guard.shutdown()).await?;
     Ok(())
 }

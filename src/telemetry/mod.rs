@@ -21,11 +21,44 @@ pub enum LogError {
     /// The Loki exporter refused its settings.
     #[error("invalid Loki settings: {0}")]
     Loki(String),
+    /// The OTLP exporter refused its settings.
+    #[error("invalid OTLP settings: {0}")]
+    Otlp(String),
+}
+
+/// Owns the exporters that must be flushed before the process exits.
+#[derive(Default)]
+pub struct TelemetryGuard {
+    tracer: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Flushes and stops the trace exporter (no-op when tracing is off).
+    pub fn shutdown(self) {
+        if let Some(t) = self.tracer {
+            let _ = t.shutdown();
+        }
+    }
+}
+
+fn otlp_tracer(endpoint: &url::Url) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, LogError> {
+    use opentelemetry_otlp::WithExportConfig;
+    let traces = format!("{}/v1/traces", endpoint.as_str().trim_end_matches('/'));
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(traces)
+        .build()
+        .map_err(|e| LogError::Otlp(e.to_string()))?;
+    let resource = opentelemetry_sdk::Resource::builder().with_service_name("automation-gateway").build();
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
 }
 
 /// Installs the global subscriber: JSON lines on stdout, and Loki when configured. Loki gets
 /// only low-cardinality labels (app, env, level); job ids travel as fields.
-pub fn init_logs(config: &Config) -> Result<(), LogError> {
+pub fn init_logs(config: &Config) -> Result<TelemetryGuard, LogError> {
     let filter = EnvFilter::try_new(&config.log).map_err(|e| LogError::Filter(e.to_string()))?;
     let fmt = tracing_subscriber::fmt::layer()
         .json()
@@ -47,7 +80,18 @@ pub fn init_logs(config: &Config) -> Result<(), LogError> {
         }
         None => None,
     };
+    let mut guard = TelemetryGuard::default();
+    let otel = match &config.otlp_endpoint {
+        Some(endpoint) => {
+            use opentelemetry::trace::TracerProvider as _;
+            let provider = otlp_tracer(endpoint)?;
+            let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("automation-gateway"));
+            guard.tracer = Some(provider);
+            Some(layer)
+        }
+        None => None,
+    };
     // A second init (tests build several apps in one process) keeps the first subscriber.
-    let _ = tracing_subscriber::registry().with(filter).with(fmt).with(loki).try_init();
-    Ok(())
+    let _ = tracing_subscriber::registry().with(filter).with(fmt).with(loki).with(otel).try_init();
+    Ok(guard)
 }

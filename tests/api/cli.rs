@@ -126,6 +126,36 @@ async fn receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<(String, St
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_are_exported_over_otlp_http() {
+    let (collector, mut exports) = receiver().await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let gw =
+        Gateway::start(&db.url, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &collector), ("OTEL_BSP_SCHEDULE_DELAY", "200")])
+            .await;
+    let ids = post_many(&reqwest::Client::new(), &gw.addr, vec![job_body("rotate_config", 1, false)], 1).await;
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let head = loop {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let (path, head, body) =
+            tokio::time::timeout(wait, exports.recv()).await.expect("an OTLP export").expect("receiver");
+        assert_eq!(path, "/v1/traces");
+        seen.extend_from_slice(&body);
+        let text = String::from_utf8_lossy(&seen);
+        if text.contains("http.request") && text.contains(&ids[0].to_string()) {
+            break head;
+        }
+    };
+
+    let text = String::from_utf8_lossy(&seen);
+    assert!(head.to_ascii_lowercase().contains("content-type: application/x-protobuf"), "{head}");
+    assert!(text.contains("automation-gateway"), "service.name resource");
+    assert!(text.contains("/v1/jobs"), "route template on the request span");
+    assert!(text.contains("rotate_config"), "job span attributes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_are_pushed_to_loki_with_low_cardinality_labels() {
     let (loki, mut pushes) = receiver().await;
     let db = TestDb::new(Backend::Sqlite).await;

@@ -20,6 +20,9 @@ cargo deny --version >&2
 
 cd "$REPO"
 [ -f deny.toml ] || { log "deny.toml is missing at $REPO"; exit 1; }
+# cargo-deny reads the metadata of every platform's dependencies, so they must be on disk even
+# where this machine's build never needed them; fetching them is the only network use here.
+timeout 600 cargo fetch --locked --manifest-path "$REPO/Cargo.toml" >&2
 set +e
 timeout 600 cargo deny --offline --workspace --manifest-path "$REPO/Cargo.toml" check --show-stats licenses bans sources
 rc=$?
