@@ -16,8 +16,7 @@ use crate::config::ActionPolicy;
 use crate::store::{ClaimedJob, Completion, Outcome, now_us};
 
 pub(super) async fn run(ctx: Arc<Ctx>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
-    let span =
-        tracing::info_span!("job", job_id = %job.id, action = %job.action, target = %job.target, attempt = job.attempt);
+    let span = tracing::debug_span!("job", job_id = %job.id, action = %job.action, target = %job.target, attempt = job.attempt);
     run_attempt(&ctx, job).instrument(span).await;
     drop(permit);
     ctx.capacity.notify_one();

@@ -33,7 +33,7 @@ impl<E: Endpoint> Endpoint for HttpMetricsEndpoint<E> {
         let method = req.method().as_str().to_owned();
         let route = route_template(req.uri().path());
         // One span per request (exported when OTLP tracing is on): method and route template only.
-        let span = tracing::info_span!("http.request", http.method = %method, http.route = route);
+        let span = tracing::debug_span!("http.request", http.method = %method, http.route = route);
         let res = tracing::Instrument::instrument(self.inner.call(req), span).await;
         let status = match &res {
             Ok(_) => None,

@@ -4,9 +4,11 @@
 pub mod http;
 pub mod metrics;
 
-use tracing_subscriber::EnvFilter;
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 pub use metrics::Metrics;
 
@@ -92,6 +94,14 @@ pub fn init_logs(config: &Config) -> Result<TelemetryGuard, LogError> {
         None => None,
     };
     // A second init (tests build several apps in one process) keeps the first subscriber.
-    let _ = tracing_subscriber::registry().with(filter).with(fmt).with(loki).with(otel).try_init();
+    // Each sink has its own filter: the log lines follow RUST_LOG, while the trace exporter takes
+    // this crate's spans (emitted at DEBUG, so without an exporter they cost nothing per request).
+    let loki_filter = EnvFilter::try_new(&config.log).map_err(|e| LogError::Filter(e.to_string()))?;
+    let spans = Targets::new().with_target("automation_gateway", Level::DEBUG);
+    let _ = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(loki.map(|l| l.with_filter(loki_filter)))
+        .with(otel.map(|o| o.with_filter(spans)))
+        .try_init();
     Ok(guard)
 }
