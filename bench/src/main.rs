@@ -18,6 +18,7 @@ use load::{Counts, Errors, Lat};
 use proc::{Backend, Db, Gateway};
 
 /// Sizes of one mode.
+#[derive(Clone)]
 struct Plan {
     name: &'static str,
     reps: usize,
@@ -520,12 +521,13 @@ fn utc_now() -> String {
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", t / 3600, t / 60 % 60)
 }
 
-const USAGE: &str = "usage: bench (--full | --smoke) [--gateway PATH] [--pg-url URL] [--only sqlite|postgres]\n\
+const USAGE: &str = "usage: bench (--full | --smoke) [--gateway PATH] [--pg-url URL] [--only sqlite|postgres] [--reps N]\n\
   --full     the real run (each figure 3 times, median printed; about 10-15 minutes)\n\
   --smoke    every measurement path once with tiny counts; fails on an unexpected status or lost job\n\
   --gateway  the automation-gateway binary (default: next to this executable)\n\
   --pg-url   PostgreSQL server for fresh databases (default postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable)\n\
-  --only     run one backend";
+  --only     run one backend\n\
+  --reps     repetitions of each figure (default: 3 for --full, 1 for --smoke)";
 
 struct Args {
     plan: &'static Plan,
@@ -540,6 +542,7 @@ fn parse_args() -> Result<Args, String> {
     // Loopback: TLS would only burn the two cores the service and database share.
     let mut pg_url = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".to_string();
     let mut backends = vec![Backend::Sqlite, Backend::Postgres];
+    let mut reps = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -554,11 +557,24 @@ fn parse_args() -> Result<Args, String> {
                     other => return Err(format!("--only takes sqlite or postgres, not {other:?}")),
                 }
             }
+            "--reps" => {
+                let n = it.next().ok_or("--reps needs a number")?;
+                reps = Some(
+                    n.parse::<usize>()
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .ok_or(format!("--reps takes a count >= 1, not {n:?}"))?,
+                );
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    let plan = plan.ok_or("say --full or --smoke")?;
+    let mut plan: &'static Plan = plan.ok_or("say --full or --smoke")?;
+    if let Some(reps) = reps {
+        // Leaked once per process: the plan lives as long as the run.
+        plan = Box::leak(Box::new(Plan { reps, ..plan.clone() }));
+    }
     let gateway = match gateway {
         Some(g) => g,
         None => {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use poem::middleware::ReqId;
+use super::request_id::ReqId;
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;

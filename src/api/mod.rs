@@ -7,11 +7,12 @@ pub mod health;
 pub mod jobs;
 pub mod model;
 pub mod problem;
+pub mod request_id;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
-use poem::middleware::{CatchPanic, RequestId, ReuseId};
+use poem::middleware::CatchPanic;
 use poem::{Endpoint, EndpointExt, IntoResponse, Response, Route, get, handler, web::Data};
 use poem_openapi::{OpenApiService, Tags};
 
@@ -74,8 +75,7 @@ pub fn routes(state: State, max_body_bytes: usize, request_timeout: std::time::D
         .at("/metrics", get(metrics_text))
         .data(state)
         .with(problem::Problems { max_body_bytes, request_timeout })
-        // Our own ids only: a client-chosen id would flow unchecked into logs and audit rows.
-        .with(RequestId::default().reuse_id(ReuseId::Ignore))
+        .with(request_id::RequestIds)
         .with(CatchPanic::new().with_handler(|_| problem::response(&problem::Problem::internal())))
         .with(HttpMetrics(metrics))
 }

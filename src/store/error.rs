@@ -4,7 +4,7 @@
 use sea_orm::{DbErr, RuntimeErr};
 
 /// What went wrong in the store.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// No job with that id.
     #[error("job not found")]

@@ -84,9 +84,9 @@ impl Store {
 
     /// One job by id.
     pub async fn get(&self, id: JobId) -> Result<Job, Error> {
-        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
-        let row = self.inner.read.query_one_raw(self.stmt(&sql, vec![id.0.into()])).await?;
-        row.as_ref().map(row_to_job).transpose()?.ok_or(Error::NotFound)
+        let (reply, rx) = oneshot::channel();
+        self.inner.readers.tx.send(super::reads::ReadRequest { id, reply }).await.map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)??.ok_or(Error::NotFound)
     }
 
     /// A page of jobs, newest first.

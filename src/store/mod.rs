@@ -6,6 +6,7 @@
 mod error;
 mod jobs;
 mod queue;
+mod reads;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -26,6 +27,9 @@ use crate::config::Config;
 pub const JOBS_CHANNEL: &str = "automation_gateway_jobs";
 /// Channel carrying the id of a job whose cancel was requested.
 pub const CANCEL_CHANNEL: &str = "automation_gateway_cancel";
+
+/// Tasks running batched point reads, each holding one connection.
+const READERS: usize = 4;
 
 /// Which database engine is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +53,8 @@ struct Inner {
     /// Reads: a separate pool on SQLite so readers never wait behind the writer.
     read: DatabaseConnection,
     enqueue_tx: mpsc::Sender<jobs::EnqueueRequest>,
+    /// Point reads, batched by `reads`.
+    readers: reads::Readers,
     /// Signalled after every committed enqueue batch: the in-process wake-up of the dispatcher.
     enqueued: Arc<Notify>,
     /// Estimate of PENDING jobs, refreshed from the database by `queue_stats` and kept current
@@ -84,12 +90,15 @@ impl Store {
             let write_pool = SqlitePoolOptions::new()
                 .max_connections(1)
                 .min_connections(1)
+                .test_before_acquire(false)
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(opts.clone())
                 .await
                 .map_err(|e| Error::Unavailable(sea_orm::DbErr::Conn(sea_orm::RuntimeErr::SqlxError(Arc::new(e)))))?;
             let read_pool = SqlitePoolOptions::new()
-                .max_connections(4)
+                .max_connections(READERS as u32 + 2)
+                // A local file cannot have gone away: skip sqlx's ping on every checkout.
+                .test_before_acquire(false)
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(opts.read_only(true))
                 .await
@@ -101,12 +110,23 @@ impl Store {
             )
         };
         let (enqueue_tx, enqueue_rx) = mpsc::channel(8192);
+        let readers = match backend {
+            Backend::Sqlite => {
+                reads::Readers::spawn(reads::ReadPool::Sqlite(read.get_sqlite_connection_pool().clone()), READERS)
+            }
+            // Readers hold their connections, so they take at most a quarter of the pool.
+            Backend::Postgres => reads::Readers::spawn(
+                reads::ReadPool::Postgres(read.get_postgres_connection_pool().clone()),
+                READERS.min(config.db_max_connections as usize / 4).max(1),
+            ),
+        };
         let store = Store {
             inner: Arc::new(Inner {
                 backend,
                 write,
                 read,
                 enqueue_tx,
+                readers,
                 enqueued: Arc::new(Notify::new()),
                 pending_estimate: AtomicI64::new(0),
                 max_pending: config.max_pending,
@@ -153,6 +173,7 @@ impl Store {
 
     /// Closes the pools.
     pub async fn close(&self) {
+        self.inner.readers.stop().await;
         let _ = self.inner.write.clone().close().await;
         if self.inner.backend == Backend::Sqlite {
             let _ = self.inner.read.clone().close().await;

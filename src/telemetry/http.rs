@@ -30,7 +30,7 @@ impl<E: Endpoint> Endpoint for HttpMetricsEndpoint<E> {
 
     async fn call(&self, req: Request) -> Result<Self::Output> {
         let start = Instant::now();
-        let method = req.method().as_str().to_owned();
+        let method = method_label(req.method());
         let route = route_template(req.uri().path());
         // One span per request (exported when OTLP tracing is on): method and route template only.
         let span = tracing::debug_span!("http.request", http.method = %method, http.route = route);
@@ -41,8 +41,26 @@ impl<E: Endpoint> Endpoint for HttpMetricsEndpoint<E> {
         };
         let resp = res.map(IntoResponse::into_response);
         let status = status.unwrap_or_else(|| resp.as_ref().map(|r| r.status().as_u16()).unwrap_or(500));
-        self.metrics.http_request(&method, route, status, start.elapsed());
+        self.metrics.http_request(method, route, status, start.elapsed());
         resp
+    }
+}
+
+/// The method as a label: the standard ones by name, anything else as `other` (a client must
+/// not be able to mint label values).
+fn method_label(method: &poem::http::Method) -> &'static str {
+    use poem::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
     }
 }
 
@@ -73,5 +91,12 @@ mod tests {
         assert_eq!(route_template("/v1/jobs/abc/cancel"), "/v1/jobs/{job_id}/cancel");
         assert_eq!(route_template("/v1/jobs/a/b/c"), "other");
         assert_eq!(route_template("/random"), "other");
+    }
+
+    #[test]
+    fn only_standard_methods_become_labels() {
+        let custom = poem::http::Method::from_bytes(b"BREW").expect("a valid extension method");
+        assert_eq!(super::method_label(&poem::http::Method::GET), "GET");
+        assert_eq!(super::method_label(&custom), "other");
     }
 }

@@ -181,11 +181,11 @@ impl Metrics {
     }
 
     /// One HTTP request served.
-    pub fn http_request(&self, method: &str, route: &'static str, status: u16, elapsed: Duration) {
+    pub fn http_request(&self, method: &'static str, route: &'static str, status: u16, elapsed: Duration) {
         self.http_duration.record(
             elapsed.as_secs_f64(),
             &[
-                KeyValue::new("method", method.to_owned()),
+                KeyValue::new("method", method),
                 KeyValue::new("route", route),
                 KeyValue::new("status", i64::from(status)),
             ],

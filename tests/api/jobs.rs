@@ -111,6 +111,64 @@ async fn list_filters_and_pages_newest_first(backend: Backend) {
     app.stop().await;
 }
 
+both_backends!(concurrent_reads_each_get_their_own_job);
+/// Reads are batched inside the store: many concurrent GETs, with repeats and unknown ids mixed
+/// in, must each come back with exactly the job asked for (or 404).
+async fn concurrent_reads_each_get_their_own_job(backend: Backend) {
+    use futures_util::StreamExt;
+    let app = TestApp::spawn(backend).await;
+    let targets: Vec<String> = (0..40).map(|i| format!("host-{i}")).collect();
+    let bodies = targets
+        .iter()
+        .map(|t| {
+            let mut b = job_body("health_check", 1, false);
+            b["target"] = json!(t);
+            b
+        })
+        .collect();
+    let ids = post_many(&app.client, &app.addr, bodies, 8).await;
+    let mut want: std::collections::HashMap<Uuid, String> = std::collections::HashMap::new();
+    for id in &ids {
+        let job = app.get_job(*id).await;
+        want.insert(*id, job["target"].as_str().unwrap().to_owned());
+    }
+    let unknown: Vec<Uuid> = (0..10).map(|_| Uuid::now_v7()).collect();
+    // Every id five times plus the unknown ones, interleaved, 64 in flight.
+    let asks: Vec<Uuid> = (0..5).flat_map(|_| ids.iter().chain(&unknown).copied()).collect();
+
+    let answers: Vec<(Uuid, u16, Value)> = futures_util::stream::iter(asks.clone())
+        .map(|id| {
+            let (client, url) = (app.client.clone(), app.url(&format!("/v1/jobs/{id}")));
+            async move {
+                let r = client.get(url).send().await.expect("GET job");
+                let status = r.status().as_u16();
+                (id, status, r.json::<Value>().await.expect("json"))
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+
+    assert_eq!(answers.len(), asks.len());
+    let mut distinct_targets = HashSet::new();
+    for (id, status, body) in answers {
+        match want.get(&id) {
+            Some(target) => {
+                assert_eq!(status, 200, "GET {id}: {body}");
+                assert_eq!(body["job_id"], id.to_string());
+                assert_eq!(body["target"], target.as_str(), "GET {id} answered another job's data: {body}");
+                distinct_targets.insert(target.clone());
+            }
+            None => {
+                assert_eq!(status, 404, "GET unknown {id}: {body}");
+                assert_eq!(body["status"], 404);
+            }
+        }
+    }
+    assert_eq!(distinct_targets.len(), targets.len());
+    app.stop().await;
+}
+
 both_backends!(cancel_stops_pending_and_running_jobs_and_refuses_finished_ones);
 async fn cancel_stops_pending_and_running_jobs_and_refuses_finished_ones(backend: Backend) {
     let db = TestDb::new(backend).await;
