@@ -11,6 +11,7 @@ use poem_openapi::{ApiResponse, OpenApi};
 use uuid::Uuid;
 
 use super::auth::{Caller, Need};
+use super::json::JsonOut;
 use super::model::{ActionOut, CreateJobRequest, JobAccepted, JobEventOut, JobOut, JobPage, JobStatusOut};
 use super::problem::{Problem, RETRY_AFTER_SECS};
 use super::{ApiTags, State};
@@ -170,11 +171,11 @@ pub enum CancelResponse {
     /// The job is CANCELED, or it finished before the cancel took effect and keeps its real
     /// status.
     #[oai(status = 200)]
-    Done(Json<JobOut>),
+    Done(JsonOut<JobOut>),
     /// The job is still RUNNING; its cancel is requested (`cancel_requested` is true) and it
     /// will stop shortly.
     #[oai(status = 202)]
-    Requested(Json<JobOut>),
+    Requested(JsonOut<JobOut>),
 }
 
 /// Errors of `POST /v1/jobs/{job_id}/cancel`.
@@ -318,10 +319,10 @@ impl JobsApi {
         request_id: ReqId,
         /// The job's id.
         job_id: Path<Uuid>,
-    ) -> Result<Json<JobOut>, GetError> {
+    ) -> Result<JsonOut<JobOut>, GetError> {
         state.authorize(&caller, Need::Read, "jobs.get", &request_id.to_string()).map_err(GetError::from)?;
         match state.store.get(JobId(job_id.0)).await {
-            Ok(job) => Ok(Json(job.into())),
+            Ok(job) => Ok(JsonOut(job.into())),
             Err(crate::store::Error::NotFound) => Err(GetError::from(Problem::job_not_found(job_id.0))),
             Err(e) => Err(problem(e)),
         }
@@ -379,7 +380,7 @@ impl JobsApi {
         /// The `next_cursor` of the previous page.
         #[oai(validator(max_length = 64))]
         cursor: Query<Option<String>>,
-    ) -> Result<Json<JobPage>, ListError> {
+    ) -> Result<JsonOut<JobPage>, ListError> {
         state.authorize(&caller, Need::Read, "jobs.list", &request_id.to_string()).map_err(ListError::from)?;
         let before =
             match cursor.0.as_deref() {
@@ -396,7 +397,7 @@ impl JobsApi {
             before,
         };
         let page = state.store.list(&filter, u64::from(limit.0.unwrap_or(50))).await.map_err(problem::<ListError>)?;
-        Ok(Json(JobPage {
+        Ok(JsonOut(JobPage {
             items: page.items.into_iter().map(JobOut::from).collect(),
             next_cursor: page.next.map(encode_cursor),
         }))
@@ -433,9 +434,9 @@ impl JobsApi {
         let job = state.store.get(id).await.map_err(problem::<CancelError>)?;
         audit("job.cancel", &identity.name, Some(&sid), job.action.as_str(), &job.target, status.as_str(), &rid);
         if job.status == JobStatus::Running {
-            Ok(CancelResponse::Requested(Json(job.into())))
+            Ok(CancelResponse::Requested(JsonOut(job.into())))
         } else {
-            Ok(CancelResponse::Done(Json(job.into())))
+            Ok(CancelResponse::Done(JsonOut(job.into())))
         }
     }
 }

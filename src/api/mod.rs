@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod health;
 pub mod jobs;
+pub mod json;
 pub mod model;
 pub mod problem;
 pub mod request_id;

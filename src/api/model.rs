@@ -3,14 +3,16 @@
 use std::collections::BTreeMap;
 
 use poem_openapi::{Enum, Object};
+use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::jobs::{Action, Job, JobStatus};
 
 /// A job's status. `PENDING -> RUNNING -> SUCCESS | FAILED`; `CANCELED` from PENDING or RUNNING.
-#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Enum, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[oai(rename_all = "UPPERCASE")]
+#[serde(rename_all = "UPPERCASE")]
 pub enum JobStatusOut {
     /// Stored, waiting for a worker (or for its retry time).
     Pending,
@@ -49,8 +51,9 @@ impl From<JobStatusOut> for JobStatus {
 }
 
 /// An automation action.
-#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Enum, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[oai(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum ActionOut {
     /// Restart a service.
     RestartService,
@@ -125,8 +128,9 @@ fn example_id() -> Uuid {
     Uuid::from_u128(0x0192f0a0_7c5e_7a8e_9d1a_2b3c4d5e6f70)
 }
 
+// Also `Serialize`, for `JsonOut` answers: a unit test checks it writes what the schema says.
 /// A job.
-#[derive(Object, Debug, Clone)]
+#[derive(Object, Serialize, Debug, Clone)]
 #[oai(example)]
 pub struct JobOut {
     /// The job's id.
@@ -235,7 +239,7 @@ impl From<Job> for JobOut {
 }
 
 /// A page of jobs, newest first.
-#[derive(Object, Debug, Clone)]
+#[derive(Object, Serialize, Debug, Clone)]
 pub struct JobPage {
     /// The jobs.
     pub items: Vec<JobOut>,
@@ -278,5 +282,40 @@ impl poem_openapi::types::Example for JobAccepted {
 impl poem_openapi::types::Example for JobOut {
     fn example() -> Self {
         job_example()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use poem_openapi::types::ToJSON;
+
+    use super::*;
+
+    /// `JsonOut` writes these with serde; the schema comes from poem-openapi. They must agree.
+    #[test]
+    fn serde_writes_what_the_schema_describes() {
+        let done = job_example();
+        let pending = JobOut {
+            status: JobStatusOut::Pending,
+            action: ActionOut::HealthCheck,
+            started_at: None,
+            finished_at: None,
+            error: Some("attempt 1: \"quoted\" \u{1F600}".into()),
+            result: None,
+            submitted_by: None,
+            parameters: json!({"nested": {"list": [1, 2.5, null, true]}}),
+            ..job_example()
+        };
+        let page = JobPage { items: vec![done.clone(), pending.clone()], next_cursor: Some("abc".into()) };
+        let last = JobPage { items: vec![], next_cursor: None };
+
+        for job in [&done, &pending] {
+            assert_eq!(serde_json::to_value(job).unwrap(), job.to_json().unwrap());
+        }
+        for p in [&page, &last] {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.to_json().unwrap());
+        }
+        assert_eq!(serde_json::to_value(&pending).unwrap()["started_at"], Value::Null);
+        assert_eq!(serde_json::to_value(&pending).unwrap()["status"], "PENDING");
     }
 }

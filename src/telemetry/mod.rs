@@ -8,7 +8,7 @@ use tracing::Level;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, Registry};
+use tracing_subscriber::{EnvFilter, Layer};
 
 pub use metrics::Metrics;
 
@@ -96,16 +96,12 @@ pub fn init_logs(config: &Config) -> Result<TelemetryGuard, LogError> {
     // A second init (tests build several apps in one process) keeps the first subscriber.
     // Each sink has its own filter: the log lines follow RUST_LOG, while the trace exporter takes
     // this crate's spans (emitted at DEBUG, so without an exporter they cost nothing per request).
-    // Absent sinks are left out rather than added as `None`: an empty `Option` layer declares
-    // interest in every callsite, which would make each request build its DEBUG span anyway.
-    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![fmt.with_filter(filter).boxed()];
-    if let Some(loki) = loki {
-        let loki_filter = EnvFilter::try_new(&config.log).map_err(|e| LogError::Filter(e.to_string()))?;
-        layers.push(loki.with_filter(loki_filter).boxed());
-    }
-    if let Some(otel) = otel {
-        layers.push(otel.with_filter(Targets::new().with_target("automation_gateway", Level::DEBUG)).boxed());
-    }
-    let _ = tracing_subscriber::registry().with(layers).try_init();
+    let loki_filter = EnvFilter::try_new(&config.log).map_err(|e| LogError::Filter(e.to_string()))?;
+    let spans = Targets::new().with_target("automation_gateway", Level::DEBUG);
+    let _ = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(loki.map(|l| l.with_filter(loki_filter)))
+        .with(otel.map(|o| o.with_filter(spans)))
+        .try_init();
     Ok(guard)
 }
