@@ -1,5 +1,6 @@
 //! Every query, and the differences between the backends. SQLite: one writer connection (all
 //! writes queue on it, so `SQLITE_BUSY` cannot happen) plus a small read pool, WAL, FULL sync.
+//! Point reads are batched (`reads`) on connections the readers keep.
 //! PostgreSQL: one pool; claims use `FOR UPDATE SKIP LOCKED` so replicas share the queue, and
 //! wake-ups travel by LISTEN/NOTIFY. Policy (retries, timeouts) belongs to the executor.
 
