@@ -269,11 +269,16 @@ impl Rep<'_> {
         let api = self.start(&db, 0, "api").await?;
         tokio::time::sleep(plan.settle).await;
         let (rss, _) = api.rss_kib()?;
+        let (anon, file) = api.rss_split_kib()?;
         self.fig(
             "rss_idle",
             "RSS idle",
             "API-only gateway (workers=0), after start".into(),
-            vec![("", rss as f64 / 1024.0, "MiB")],
+            vec![
+                ("", rss as f64 / 1024.0, "MiB"),
+                ("anonymous", anon as f64 / 1024.0, "MiB"),
+                ("file-backed", file as f64 / 1024.0, "MiB"),
+            ],
         );
 
         let post = load::post_closed(api.addr, n_pre, plan.conns, plan.limit, &self.ctx.errs).await;

@@ -168,15 +168,22 @@ impl Gateway {
 
     /// (VmRSS, VmHWM) in KiB.
     pub fn rss_kib(&self) -> Result<(u64, u64)> {
+        Ok((self.status_kib("VmRSS:")?, self.status_kib("VmHWM:")?))
+    }
+
+    /// The resident set split into anonymous memory (heap, stacks) and file-backed pages (the
+    /// binary's code and read-only data, shared libraries), in KiB.
+    pub fn rss_split_kib(&self) -> Result<(u64, u64)> {
+        Ok((self.status_kib("RssAnon:")?, self.status_kib("RssFile:")?))
+    }
+
+    fn status_kib(&self, name: &str) -> Result<u64> {
         let s =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid)).map_err(|e| format!("reading RSS: {e}"))?;
-        let field = |name: &str| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .ok_or_else(|| format!("no {name} in /proc/{}/status", self.pid))
-        };
-        Ok((field("VmRSS:")?, field("VmHWM:")?))
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .ok_or_else(|| format!("no {name} in /proc/{}/status", self.pid))
     }
 
     /// SIGTERM, then waits up to 30 s for the exit (SIGKILL after that, reported as an error).
