@@ -7,10 +7,20 @@ CARGO ?= cargo
 # Where cargo puts binaries (honours CARGO_TARGET_DIR).
 TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 
-.PHONY: run test lint test-rust test-deploy test-security check-postgres openapi bench bench-smoke
+.PHONY: run release-gateway test lint test-rust test-deploy test-security check-postgres openapi bench bench-smoke
 
-run:
-	$(CARGO) run --release
+# The shipped gateway binary links glibc statically (static-pie): the shared libraries' pages stay
+# out of its resident set (about 1 MB less idle RSS). `--target` with the host triple makes cargo
+# apply the flag to the gateway only, not to build scripts and proc-macros. The Dockerfile does
+# the same.
+HOST := $(shell rustc -vV | sed -n 's/^host: //p')
+RELEASE_GATEWAY = $(TARGET_DIR)/$(HOST)/release/automation-gateway
+
+run: release-gateway
+	"$(RELEASE_GATEWAY)"
+
+release-gateway:
+	RUSTFLAGS="$$RUSTFLAGS -C target-feature=+crt-static" $(CARGO) build --release --locked --target $(HOST) --bin automation-gateway
 
 ## The README's test command.
 test: lint check-postgres test-rust bench-smoke test-deploy test-security
@@ -47,9 +57,9 @@ openapi:
 	$(CARGO) run --quiet -- openapi > openapi.json
 
 # The full benchmark (about 8 minutes): builds the release gateway, prints every figure.
-bench:
-	$(CARGO) build --release --locked -p automation-gateway -p bench
-	"$(TARGET_DIR)/release/bench" --full
+bench: release-gateway
+	$(CARGO) build --release --locked -p bench
+	"$(TARGET_DIR)/release/bench" --full --gateway "$(RELEASE_GATEWAY)"
 
 # A short run of every benchmark path on the debug build, so the benchmark cannot rot.
 bench-smoke:
