@@ -236,7 +236,7 @@ pub(super) async fn run_enqueue_writer(store: Store, mut rx: mpsc::Receiver<Enqu
             Ok(results) => results,
             Err(e) => {
                 tracing::warn!(error = %e, error.cause = ?std::error::Error::source(&e), jobs = requests.len(), "enqueue batch failed");
-                requests.iter().map(|_| Err(clone_err(&e))).collect()
+                requests.iter().map(|_| Err(e.clone())).collect()
             }
         };
         let created = results.iter().filter(|r| matches!(r, Ok(e) if e.created)).count();
@@ -247,15 +247,6 @@ pub(super) async fn run_enqueue_writer(store: Store, mut rx: mpsc::Receiver<Enqu
         for (req, res) in requests.into_iter().zip(results) {
             let _ = req.reply.send(res);
         }
-    }
-}
-
-fn clone_err(e: &Error) -> Error {
-    match e {
-        Error::Unavailable(_) => Error::Unavailable(sea_orm::DbErr::Custom(e.to_string())),
-        Error::ShuttingDown => Error::ShuttingDown,
-        Error::QueueFull { pending, max } => Error::QueueFull { pending: *pending, max: *max },
-        _ => Error::Other(sea_orm::DbErr::Custom(e.to_string())),
     }
 }
 
