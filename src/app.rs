@@ -11,6 +11,7 @@ use crate::auth::{Authenticator, RateLimiter};
 use crate::config::Config;
 use crate::executor::Executor;
 use crate::executor::runners::{Runners, SimulatedRunner};
+use crate::server;
 use crate::store::{self, Store};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::SetupError;
@@ -49,6 +50,9 @@ impl App {
             Some(path) => {
                 let auth = Authenticator::from_file(path)?;
                 tracing::info!(tokens = auth.token_count(), file = %path.display(), "authentication enabled");
+                if auth.token_count() == 0 {
+                    tracing::warn!(file = %path.display(), "the tokens file lists no token: every request is refused");
+                }
                 auth
             }
             None => {
@@ -83,6 +87,8 @@ impl App {
             accepting: self.accepting.clone(),
             auth: self.auth.clone(),
             limiter: Arc::new(RateLimiter::new(self.config.rate_limit, self.config.rate_limit_burst)),
+            failures: Arc::new(RateLimiter::new(api::auth::FAILURES_PER_SEC, api::auth::FAILURES_BURST)),
+            failure_log: Arc::new(crate::auth::LogBudget::new(10)),
             metrics_require_token: self.config.metrics_require_token,
         };
         let routes = api::routes(
@@ -103,7 +109,12 @@ impl App {
             tracing::info!("no longer accepting connections or new jobs; draining");
             store.close_for_writes();
         };
-        serve(listener, routes, Duration::from_secs(self.config.header_timeout_secs), signal).await;
+        let limits = server::Limits {
+            header_timeout: Duration::from_secs(self.config.header_timeout_secs),
+            max_connections: self.config.max_connections as usize,
+        };
+        server::raise_open_files_limit();
+        server::serve(listener, routes, limits, self.metrics.clone(), signal).await;
         reload.abort();
         self.executor.shutdown().await;
         self.store.close().await;
@@ -113,88 +124,30 @@ impl App {
     }
 }
 
-/// The HTTP server: hyper with a header-read deadline (slow clients cannot pin connections),
-/// the poem endpoint as the service, and a graceful drain of in-flight requests on shutdown.
-/// poem's own server has no header timeout, hence this small loop.
-async fn serve(
-    listener: tokio::net::TcpListener,
-    routes: impl poem::Endpoint + 'static,
-    header_timeout: Duration,
-    signal: impl Future<Output = ()>,
-) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use poem::{Endpoint, EndpointExt};
-
-    let endpoint = Arc::new(routes.map_to_response().boxed());
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .max_buf_size(128 * 1024)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(header_timeout * 3));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let local = listener.local_addr().ok();
-    let mut signal = std::pin::pin!(signal);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut signal => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let endpoint = endpoint.clone();
-        let local_addr =
-            poem::web::LocalAddr(local.map(poem::Addr::SocketAddr).unwrap_or(poem::Addr::Custom("tcp", "".into())));
-        let remote_addr = poem::web::RemoteAddr(poem::Addr::SocketAddr(peer));
-        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let endpoint = endpoint.clone();
-            let req =
-                poem::Request::from((req, local_addr.clone(), remote_addr.clone(), poem::http::uri::Scheme::HTTP));
-            async move { Ok::<_, std::convert::Infallible>(hyper::Response::from(endpoint.get_response(req).await)) }
-        });
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            // hyper's header deadline starts with a request's first byte, so a connection that
-            // never sends one would stay open for ever: it gets the same deadline to start.
-            let mut first = [0u8; 1];
-            match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                // Silent past the deadline, closed, or broken: drop it.
-                _ => return,
-            }
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            // Errors here are clients going away or timing out; nothing to report.
-            let _ = watcher.watch(conn.into_owned()).await;
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
-        tracing::warn!("in-flight requests still open after 10 s; closing them");
-    }
-}
-
-/// Re-reads the tokens file every few seconds, so rotated tokens take effect without a restart.
+/// Looks at the tokens file every few seconds, so rotated tokens take effect without a restart.
+/// Reading and parsing run on the blocking pool, never on a runtime thread serving requests.
 async fn reload_tokens(auth: Authenticator) {
+    use crate::auth::Reload;
     if !auth.enabled() {
         return;
     }
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tick.tick().await;
-        match auth.reload() {
-            Ok(true) => tracing::info!(tokens = auth.token_count(), "tokens file reloaded"),
-            Ok(false) => {}
-            Err(e) => tracing::error!(error = %e, "tokens file not reloaded; the previous tokens stay in force"),
+        let auth = auth.clone();
+        let Ok(outcome) = tokio::task::spawn_blocking(move || auth.reload()).await else { continue };
+        match outcome {
+            Reload::Unchanged => {}
+            Reload::Loaded(tokens) => tracing::info!(tokens, "tokens file reloaded"),
+            Reload::Revoked => tracing::error!(
+                "tokens file deleted: every token is revoked and every request is refused until the file is back"
+            ),
+            Reload::Refused(e @ crate::auth::Error::TooLarge { .. }) => {
+                tracing::error!(error = %e, "tokens file too large, not read; the previous tokens stay in force")
+            }
+            Reload::Refused(e) => {
+                tracing::error!(error = %e, "tokens file not reloaded; the previous tokens stay in force")
+            }
         }
     }
 }

@@ -33,7 +33,19 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The file is larger than any real tokens file.
+    #[error("tokens file {path} is {size} bytes, over the {MAX_FILE_BYTES}-byte limit; not read")]
+    TooLarge {
+        /// The path.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
 }
+
+/// Largest tokens file read: about 5 000 tokens. A larger file is a mistake or an attack, and
+/// parsing it would pin memory and CPU.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,6 +59,9 @@ struct Entry {
     name: String,
     sha256: String,
     actions: Vec<String>,
+    /// Actions whose jobs `can_read` and `can_cancel` cover; `actions` when absent.
+    #[serde(default)]
+    scope: Option<Vec<String>>,
     #[serde(default)]
     can_read: bool,
     #[serde(default)]
@@ -61,6 +76,8 @@ pub struct Identity {
     pub name: String,
     /// Actions it may trigger; `None` means all.
     actions: Option<Vec<Action>>,
+    /// Actions whose jobs it may read and cancel (with those rights); `None` means all.
+    scope: Option<Vec<Action>>,
     can_read: bool,
     can_cancel: bool,
 }
@@ -68,7 +85,19 @@ pub struct Identity {
 impl Identity {
     /// The caller when authentication is off: may do everything.
     pub fn anonymous() -> Self {
-        Self { name: "anonymous".into(), actions: None, can_read: true, can_cancel: true }
+        Self { name: "anonymous".into(), actions: None, scope: None, can_read: true, can_cancel: true }
+    }
+
+    /// Are jobs of this action within the token's scope for reading and cancelling? The scope
+    /// is the entry's `scope`, or its `actions` when it has none (least privilege: a token for
+    /// one action never sees another action's jobs unless its entry says so).
+    pub fn in_scope(&self, action: Action) -> bool {
+        self.scope.as_ref().is_none_or(|a| a.contains(&action))
+    }
+
+    /// The actions in scope; `None` means every action.
+    pub fn scope(&self) -> Option<&[Action]> {
+        self.scope.as_deref()
     }
 
     /// May it trigger this action?
@@ -76,12 +105,12 @@ impl Identity {
         self.actions.as_ref().is_none_or(|a| a.contains(&action))
     }
 
-    /// May it read jobs?
+    /// May it read jobs (of the actions in its scope)?
     pub fn may_read(&self) -> bool {
         self.can_read
     }
 
-    /// May it cancel jobs?
+    /// May it cancel jobs (of the actions in its scope)?
     pub fn may_cancel(&self) -> bool {
         self.can_cancel
     }
@@ -101,8 +130,14 @@ impl Tokens {
     /// Parses a tokens file's text.
     pub fn parse(path: &Path, text: &str) -> Result<Self, Error> {
         let invalid = |reason: String| Error::Invalid { path: path.to_owned(), reason };
+        // An emptied file revokes every token, as `tokens: []` does (fail closed).
+        if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+            return Ok(Self { tokens: Vec::new() });
+        }
         let file: File = serde_yaml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         let mut tokens = Vec::with_capacity(file.tokens.len());
+        let mut names = std::collections::HashSet::with_capacity(file.tokens.len());
+        let mut hashes = std::collections::HashSet::with_capacity(file.tokens.len());
         for (i, e) in file.tokens.into_iter().enumerate() {
             let name = e.name.trim().to_owned();
             if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
@@ -112,31 +147,41 @@ impl Tokens {
                 .map_err(|_| invalid(format!("tokens[{i}] ({name}): sha256 is not hex")))?;
             let hash: [u8; 32] =
                 bytes.try_into().map_err(|_| invalid(format!("tokens[{i}] ({name}): sha256 must be 64 hex digits")))?;
-            let actions = if e.actions.iter().any(|a| a == "*") {
-                None
-            } else {
-                let parsed = e
-                    .actions
-                    .iter()
+            let parse_list = |list: &[String]| -> Result<Option<Vec<Action>>, Error> {
+                if list.iter().any(|a| a == "*") {
+                    return Ok(None);
+                }
+                list.iter()
                     .map(|a| a.parse::<Action>().map_err(|err| invalid(format!("tokens[{i}] ({name}): {err}"))))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Some(parsed)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Some)
             };
-            if tokens.iter().any(|t: &Token| t.identity.name == name) {
+            let actions = parse_list(&e.actions)?;
+            let scope = match &e.scope {
+                Some(list) => parse_list(list)?,
+                None => actions.clone(),
+            };
+            if !names.insert(name.clone()) {
                 return Err(invalid(format!("tokens[{i}]: duplicate name {name}")));
+            }
+            // Compared as bytes, so the same hash in upper and lower case is caught: two entries
+            // for one token would give it whichever rights came last.
+            if !hashes.insert(hash) {
+                return Err(invalid(format!(
+                    "tokens[{i}] ({name}): duplicate sha256 (another entry has the same token)"
+                )));
             }
             tokens.push(Token {
                 hash,
-                identity: Identity { name, actions, can_read: e.can_read, can_cancel: e.can_cancel },
+                identity: Identity { name, actions, scope, can_read: e.can_read, can_cancel: e.can_cancel },
             });
         }
         Ok(Self { tokens })
     }
 
-    /// Reads and parses a tokens file.
+    /// Reads and parses a tokens file, refusing one over `MAX_FILE_BYTES` unread.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
-        Self::parse(path, &text)
+        Self::parse(path, &read_capped(path)?)
     }
 
     /// The identity a presented token belongs to. The token is hashed, and the hash compared
@@ -183,7 +228,54 @@ pub struct Authenticator {
 struct Reloading {
     path: PathBuf,
     tokens: RwLock<Arc<Tokens>>,
-    last_text: Mutex<String>,
+    /// The file as last examined (`None`: missing), so an unchanged file is not read again and
+    /// a bad one is reported once, not at every check.
+    seen: Mutex<Option<Option<Stamp>>>,
+}
+
+/// What identifies one version of a file without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+/// What a reload did.
+#[derive(Debug)]
+pub enum Reload {
+    /// The file did not change since it was last examined.
+    Unchanged,
+    /// New tokens are in force.
+    Loaded(usize),
+    /// The file is gone: no token is valid any more (fail closed) until it is back.
+    Revoked,
+    /// The changed file is unusable; the previous tokens stay in force.
+    Refused(Error),
+}
+
+fn read_capped(path: &Path) -> Result<String, Error> {
+    let read_err = |source| Error::Read { path: path.to_owned(), source };
+    let size = std::fs::metadata(path).map_err(read_err)?.len();
+    if size > MAX_FILE_BYTES {
+        return Err(Error::TooLarge { path: path.to_owned(), size });
+    }
+    std::fs::read_to_string(path).map_err(read_err)
 }
 
 impl Authenticator {
@@ -192,15 +284,15 @@ impl Authenticator {
         Self { inner: None }
     }
 
-    /// Loads the tokens file; fails on an unreadable or invalid file.
+    /// Loads the tokens file; fails on a missing, unreadable, oversized or invalid file.
     pub fn from_file(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
-        let tokens = Tokens::parse(path, &text)?;
+        let stamp = std::fs::metadata(path).map(|m| Stamp::of(&m)).ok();
+        let tokens = Tokens::load(path)?;
         Ok(Self {
             inner: Some(Arc::new(Reloading {
                 path: path.to_owned(),
                 tokens: RwLock::new(Arc::new(tokens)),
-                last_text: Mutex::new(text),
+                seen: Mutex::new(Some(stamp)),
             })),
         })
     }
@@ -223,32 +315,61 @@ impl Authenticator {
         tokens.authenticate(token).cloned().ok_or(Refusal::Unknown)
     }
 
-    /// Re-reads the file if it changed. An invalid new file is reported and the previous tokens
-    /// stay in force. Returns true when new tokens were loaded.
-    pub fn reload(&self) -> Result<bool, Error> {
-        let Some(r) = &self.inner else { return Ok(false) };
-        let text = std::fs::read_to_string(&r.path).map_err(|source| Error::Read { path: r.path.clone(), source })?;
-        let mut last =
-            r.last_text.lock().map_err(|_| Error::Invalid { path: r.path.clone(), reason: "lock poisoned".into() })?;
-        if *last == text {
-            return Ok(false);
+    /// Looks at the file again and applies what changed. Blocking (file I/O and parsing): call
+    /// it off the async runtime. A file that did not change (same inode, size and times) is not
+    /// read; a deleted one revokes every token; a changed one that is unusable (invalid, over
+    /// `MAX_FILE_BYTES`) leaves the previous tokens in force.
+    pub fn reload(&self) -> Reload {
+        let Some(r) = &self.inner else { return Reload::Unchanged };
+        let stamp = match std::fs::metadata(&r.path) {
+            Ok(m) => Some(Stamp::of(&m)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => return Reload::Refused(Error::Read { path: r.path.clone(), source }),
+        };
+        {
+            let Ok(mut seen) = r.seen.lock() else { return Reload::Unchanged };
+            if *seen == Some(stamp) {
+                return Reload::Unchanged;
+            }
+            *seen = Some(stamp);
         }
-        let tokens = Tokens::parse(&r.path, &text)?;
+        let tokens = match stamp {
+            None => Tokens { tokens: Vec::new() },
+            Some(_) => match Tokens::load(&r.path) {
+                Ok(t) => t,
+                Err(e) => return Reload::Refused(e),
+            },
+        };
+        let n = tokens.len();
         if let Ok(mut t) = r.tokens.write() {
             *t = Arc::new(tokens);
         }
-        *last = text;
-        Ok(true)
+        if stamp.is_none() { Reload::Revoked } else { Reload::Loaded(n) }
     }
 }
 
-/// A token bucket per identity: `rate` requests a second, bursts up to `burst`. Identities
-/// come from the tokens file (or are the single `anonymous`), so the map stays small.
+/// The token of an `Authorization` header value: the `Bearer` scheme in any case, then one or
+/// more spaces or tabs, then the token (RFC 9110 allows both). The one parser of the service, for
+/// `/v1` and `/metrics` alike. `None` for any other form.
+pub fn bearer_token(header: &[u8]) -> Option<&str> {
+    let value = std::str::from_utf8(header).ok()?.trim_matches([' ', '\t']);
+    let (scheme, rest) = value.split_once([' ', '\t'])?;
+    let token = rest.trim_start_matches([' ', '\t']);
+    let valid = scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains([' ', '\t']);
+    valid.then_some(token)
+}
+
+/// Token buckets by key (an identity, or a client address): `rate` requests a second, bursts up
+/// to `burst`. Keys can come from clients (addresses), so the map is bounded: when it is full,
+/// buckets that have refilled completely are dropped (they hold nothing a fresh one would not).
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
 }
+
+/// Most buckets kept before refilled ones are dropped.
+const MAX_BUCKETS: usize = 10_000;
 
 impl RateLimiter {
     /// `rate` 0 disables the limit.
@@ -256,17 +377,26 @@ impl RateLimiter {
         Self { rate: f64::from(rate), burst: f64::from(burst.max(1)), buckets: Mutex::new(HashMap::new()) }
     }
 
-    /// Takes one request from the identity's bucket; `Err(wait)` when it is empty.
-    pub fn check(&self, identity: &str) -> Result<(), Duration> {
+    /// Takes one request from the key's bucket; `Err(wait)` when it is empty.
+    pub fn check(&self, key: &str) -> Result<(), Duration> {
         if self.rate <= 0.0 {
             return Ok(());
         }
         let now = Instant::now();
         let Ok(mut buckets) = self.buckets.lock() else { return Ok(()) };
-        if !buckets.contains_key(identity) {
-            buckets.insert(identity.to_owned(), (self.burst, now));
+        if !buckets.contains_key(key) {
+            if buckets.len() >= MAX_BUCKETS {
+                let (rate, burst) = (self.rate, self.burst);
+                buckets.retain(|_, (tokens, last)| *tokens + now.duration_since(*last).as_secs_f64() * rate < burst);
+                if buckets.len() >= MAX_BUCKETS {
+                    // Every bucket is in use: a flood from many addresses. Forget them all rather
+                    // than grow without bound.
+                    buckets.clear();
+                }
+            }
+            buckets.insert(key.to_owned(), (self.burst, now));
         }
-        let Some((tokens, last)) = buckets.get_mut(identity) else { return Ok(()) };
+        let Some((tokens, last)) = buckets.get_mut(key) else { return Ok(()) };
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.burst);
         *last = now;
         if *tokens >= 1.0 {
@@ -274,6 +404,39 @@ impl RateLimiter {
             Ok(())
         } else {
             Err(Duration::from_secs_f64((1.0 - *tokens) / self.rate))
+        }
+    }
+}
+
+/// At most `per_second` log lines of one kind a second; the rest are counted and the count is
+/// reported with the next line written. A flood of bad requests then costs a few lines, not one
+/// per request.
+pub struct LogBudget {
+    per_second: u32,
+    state: Mutex<(Instant, u32, u64)>,
+}
+
+impl LogBudget {
+    /// A budget of `per_second` lines a second.
+    pub fn new(per_second: u32) -> Self {
+        Self { per_second, state: Mutex::new((Instant::now(), 0, 0)) }
+    }
+
+    /// `Some(suppressed)` when a line may be written now, with how many were left out since the
+    /// last one written; `None` when this one must be left out.
+    pub fn allow(&self) -> Option<u64> {
+        let Ok(mut s) = self.state.lock() else { return Some(0) };
+        let (window, used, suppressed) = &mut *s;
+        if window.elapsed() >= Duration::from_secs(1) {
+            *window = Instant::now();
+            *used = 0;
+        }
+        if *used < self.per_second {
+            *used += 1;
+            Some(std::mem::take(suppressed))
+        } else {
+            *suppressed += 1;
+            None
         }
     }
 }
@@ -316,6 +479,83 @@ mod tests {
         }
         let unknown_action = format!("tokens: [{{name: a, sha256: \"{}\", actions: [reboot]}}]", "0".repeat(64));
         assert!(Tokens::parse(Path::new("t.yaml"), &unknown_action).is_err());
+    }
+
+    #[test]
+    fn the_same_hash_twice_is_refused_whatever_its_case() {
+        let h = hex::encode(Sha256::digest(b"t"));
+        let text = format!(
+            "tokens:\n  - {{name: a, sha256: \"{h}\", actions: [health_check]}}\n  - {{name: b, sha256: \"{}\", actions: [\"*\"], can_cancel: true}}\n",
+            h.to_uppercase()
+        );
+        let err = Tokens::parse(Path::new("t.yaml"), &text).err().expect("refused").to_string();
+        assert!(err.contains("duplicate sha256"), "{err}");
+    }
+
+    #[test]
+    fn read_and_cancel_rights_cover_the_scope_which_defaults_to_the_actions() {
+        let text = format!(
+            "tokens:\n  - {{name: ci, sha256: \"{}\", actions: [health_check], can_read: true}}\n  - {{name: audit, sha256: \"{}\", actions: [], scope: [\"*\"], can_read: true}}\n",
+            hex::encode(Sha256::digest(b"ci")),
+            hex::encode(Sha256::digest(b"audit"))
+        );
+        let t = Tokens::parse(Path::new("t.yaml"), &text).unwrap();
+        let ci = t.authenticate("ci").unwrap();
+        assert!(ci.in_scope(Action::HealthCheck) && !ci.in_scope(Action::RestartService));
+        let audit = t.authenticate("audit").unwrap();
+        assert!(audit.in_scope(Action::RestartService) && !audit.may_create(Action::RestartService));
+    }
+
+    #[test]
+    fn an_emptied_file_revokes_every_token() {
+        for text in ["", "  \n", "# nothing here\n", "tokens: []"] {
+            assert!(Tokens::parse(Path::new("t.yaml"), text).expect("valid").is_empty(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_deleted_file_fails_closed_and_a_restored_one_is_loaded_again() {
+        let dir = tempfile_dir();
+        let path = dir.join("tokens.yaml");
+        std::fs::write(&path, file("secret-1")).unwrap();
+        let auth = Authenticator::from_file(&path).unwrap();
+        assert!(auth.identify(Some("secret-1")).is_ok());
+        assert!(matches!(auth.reload(), Reload::Unchanged));
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(auth.reload(), Reload::Revoked));
+        assert_eq!(auth.identify(Some("secret-1")), Err(Refusal::Unknown));
+        assert!(matches!(auth.reload(), Reload::Unchanged), "reported once");
+        std::fs::write(&path, file("secret-1")).unwrap();
+        assert!(matches!(auth.reload(), Reload::Loaded(2)));
+        assert!(auth.identify(Some("secret-1")).is_ok());
+        std::fs::write(&path, "x".repeat(MAX_FILE_BYTES as usize + 1)).unwrap();
+        assert!(matches!(auth.reload(), Reload::Refused(Error::TooLarge { .. })));
+        assert!(auth.identify(Some("secret-1")).is_ok(), "previous tokens kept");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ag-auth-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn bearer_forms_are_parsed_one_way() {
+        for ok in ["Bearer T", "bearer T", "BEARER T", "Bearer  T", "Bearer\tT", " Bearer T "] {
+            assert_eq!(bearer_token(ok.as_bytes()), Some("T"), "{ok:?}");
+        }
+        for bad in ["Bearer", "Bearer ", "Basic T", "T", "Bearer T x", "Bearer\u{0}"] {
+            assert_eq!(bearer_token(bad.as_bytes()), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn log_budget_lets_a_few_lines_through_and_counts_the_rest() {
+        let b = LogBudget::new(3);
+        assert_eq!((0..3).filter_map(|_| b.allow()).count(), 3);
+        assert_eq!(b.allow(), None);
+        assert_eq!(b.allow(), None);
     }
 
     #[test]

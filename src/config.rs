@@ -101,6 +101,21 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1024..=16_777_216))]
     pub max_body_bytes: u64,
 
+    /// Largest size of the SQLite database file in MiB (SQLite's `max_page_count`); 0 means no
+    /// cap. Reaching it behaves exactly as a full disk: new jobs get 503 `storage-full`, nothing
+    /// accepted is lost, and writes resume once room is made (retention, a larger cap).
+    #[arg(long, env = "GATEWAY_SQLITE_MAX_SIZE_MB", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=16_777_216))]
+    pub sqlite_max_size_mb: u64,
+
+    /// Days a finished job (SUCCESS, FAILED, CANCELED) and its events are kept; older ones are
+    /// deleted in small batches. 0 keeps everything. Fractions are allowed (0.5 = 12 hours).
+    #[arg(long, env = "GATEWAY_RETENTION_DAYS", default_value_t = 30.0, value_parser = parse_days)]
+    pub retention_days: f64,
+
+    /// Seconds between two retention passes (the first runs at start-up).
+    #[arg(long, env = "GATEWAY_RETENTION_INTERVAL_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub retention_interval_secs: u64,
+
     /// Connections in the database pool (PostgreSQL; SQLite uses one writer and a few readers).
     #[arg(long, env = "GATEWAY_DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub db_max_connections: u32,
@@ -133,6 +148,12 @@ pub struct Config {
     /// closed (slowloris protection), and so are connections idle this long between requests.
     #[arg(long, env = "GATEWAY_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub header_timeout_secs: u64,
+
+    /// Open HTTP connections this process serves at once; past it, new connections are closed at
+    /// once (logged, and counted in `automation_http_connections_refused_total`). At start the
+    /// process raises its soft open-files limit to the hard limit.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
 
     /// Push logs to this Loki base URL (for example `http://loki:3100`); off when unset.
     #[arg(long, env = "LOKI_URL")]
@@ -167,6 +188,10 @@ pub const KNOWN_ENV: &[&str] = &[
     "GATEWAY_POLL_INTERVAL_MS",
     "GATEWAY_MAX_BODY_BYTES",
     "GATEWAY_DB_MAX_CONNECTIONS",
+    "GATEWAY_SQLITE_MAX_SIZE_MB",
+    "GATEWAY_RETENTION_DAYS",
+    "GATEWAY_RETENTION_INTERVAL_SECS",
+    "GATEWAY_MAX_CONNECTIONS",
     "GATEWAY_AUTH_TOKENS_FILE",
     "GATEWAY_METRICS_REQUIRE_TOKEN",
     "GATEWAY_RATE_LIMIT",
@@ -199,12 +224,18 @@ impl Config {
         Duration::from_secs(self.lease_secs)
     }
 
+    /// How long finished jobs are kept; `None` keeps them for ever.
+    pub fn retention(&self) -> Option<Duration> {
+        (self.retention_days > 0.0).then(|| Duration::from_secs_f64(self.retention_days * 86_400.0))
+    }
+
     /// The effective settings as `key=value` pairs, secrets redacted, for the start-up log.
     pub fn summary(&self) -> String {
         format!(
-            "database_url={} listen={} workers={} max_pending={} sim_duration_ms={} sim_failure_rate={} lease_secs={} shutdown_grace_secs={} shutdown_delay_ms={} poll_interval_ms={} max_body_bytes={} auth={} rate_limit={}/s burst {} request_timeout_secs={} header_timeout_secs={} loki={} otlp={} env={}",
+            "database_url={} listen={} max_connections={} workers={} max_pending={} sim_duration_ms={} sim_failure_rate={} lease_secs={} shutdown_grace_secs={} shutdown_delay_ms={} poll_interval_ms={} max_body_bytes={} sqlite_max_size_mb={} retention_days={} auth={} rate_limit={}/s burst {} request_timeout_secs={} header_timeout_secs={} loki={} otlp={} env={}",
             self.database_url,
             self.listen,
+            self.max_connections,
             self.workers,
             self.max_pending,
             self.sim_duration_ms,
@@ -214,6 +245,8 @@ impl Config {
             self.shutdown_delay_ms,
             self.poll_interval_ms,
             self.max_body_bytes,
+            self.sqlite_max_size_mb,
+            self.retention_days,
             self.auth_tokens_file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "OFF (open API)".into()),
             self.rate_limit,
             self.rate_limit_burst,
@@ -224,6 +257,11 @@ impl Config {
             self.env_name,
         )
     }
+}
+
+fn parse_days(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("'{s}' is not a number of days"))?;
+    if v.is_finite() && (0.0..=36_500.0).contains(&v) { Ok(v) } else { Err(format!("{v} is outside 0..36500")) }
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -247,26 +285,153 @@ impl DatabaseUrl {
     }
 }
 
+/// Query parameters that carry a secret in a PostgreSQL URL (libpq and sqlx spellings).
+const SECRET_PARAMS: &[&str] = &["password", "sslpassword", "passfile"];
+
+impl DatabaseUrl {
+    /// Checks the URL's form. Done here rather than in `FromStr`, because clap prints a rejected
+    /// value in its error message, password included.
+    pub fn check(&self) -> Result<(), String> {
+        if !["sqlite:", "postgres://", "postgresql://"].iter().any(|p| self.0.starts_with(p)) {
+            return Err(format!("DATABASE_URL {self} must start with sqlite:, postgres:// or postgresql://"));
+        }
+        if self.is_postgres() {
+            url::Url::parse(&self.0).map_err(|e| format!("DATABASE_URL {self} is not a valid URL: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The URL to hand to the PostgreSQL driver: without the query parameters it does not
+    /// support and would log, value included, as "unrecognized" (`sslpassword` protects a client
+    /// key, which the driver cannot decrypt anyway). Returns the URL and the names dropped.
+    pub fn for_driver(&self) -> (String, Vec<String>) {
+        const UNSUPPORTED: &[&str] = &["sslpassword", "passfile"];
+        let Ok(mut u) = url::Url::parse(&self.0) else { return (self.0.clone(), Vec::new()) };
+        if u.query().is_none() {
+            return (self.0.clone(), Vec::new());
+        }
+        let mut dropped = Vec::new();
+        let kept: Vec<(String, String)> = u
+            .query_pairs()
+            .filter(|(k, _)| {
+                let unsupported = UNSUPPORTED.contains(&k.to_ascii_lowercase().as_str());
+                if unsupported {
+                    dropped.push(k.to_string());
+                }
+                !unsupported
+            })
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if dropped.is_empty() {
+            return (self.0.clone(), dropped);
+        }
+        if kept.is_empty() {
+            u.set_query(None);
+        } else {
+            u.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        (u.to_string(), dropped)
+    }
+
+    /// `text` (say, a driver's error message) with every secret of this URL replaced.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.replace(&self.0, &self.to_string());
+        for secret in self.secrets() {
+            if secret.len() >= 2 {
+                out = out.replace(&secret, "REDACTED");
+            }
+        }
+        out
+    }
+
+    /// The secrets in the URL, raw and decoded.
+    fn secrets(&self) -> Vec<String> {
+        let Ok(u) = url::Url::parse(&self.0) else {
+            // Unparseable: take what sits where a password would, `scheme://user:PASSWORD@`.
+            let userinfo = self.0.split_once("://").and_then(|(_, rest)| rest.rsplit_once('@')).map(|(ui, _)| ui);
+            return userinfo.and_then(|ui| ui.split_once(':')).map(|(_, p)| vec![p.to_owned()]).unwrap_or_default();
+        };
+        let mut out = Vec::new();
+        if let Some(p) = u.password() {
+            out.push(p.to_owned());
+            if let Ok(decoded) = percent_decode(p) {
+                out.push(decoded);
+            }
+        }
+        for (k, v) in u.query_pairs() {
+            if SECRET_PARAMS.contains(&k.to_ascii_lowercase().as_str()) {
+                out.push(v.into_owned());
+            }
+        }
+        out
+    }
+}
+
+fn percent_decode(s: &str) -> Result<String, std::string::FromUtf8Error> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out)
+}
+
 impl FromStr for DatabaseUrl {
     type Err = String;
 
+    /// Accepts any text: `check` validates it without echoing secrets.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let ok = ["sqlite:", "postgres://", "postgresql://"].iter().any(|p| s.starts_with(p));
-        if !ok {
-            return Err("must start with sqlite:, postgres:// or postgresql://".into());
-        }
         Ok(Self(s.to_owned()))
     }
 }
 
 impl fmt::Display for DatabaseUrl {
+    /// The URL with its password and secret query parameters replaced by `REDACTED`; a URL that
+    /// does not parse shows only its scheme.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.starts_with("sqlite:") && !self.0.contains('@') {
+            // A file path: nothing secret in it.
+            return f.write_str(&self.0);
+        }
         match url::Url::parse(&self.0) {
-            Ok(mut u) if u.password().is_some() => {
-                let _ = u.set_password(Some("REDACTED"));
+            Ok(mut u) => {
+                if u.password().is_some() {
+                    let _ = u.set_password(Some("REDACTED"));
+                }
+                if u.query().is_some() {
+                    let pairs: Vec<(String, String)> = u
+                        .query_pairs()
+                        .map(|(k, v)| {
+                            let secret = SECRET_PARAMS.contains(&k.to_ascii_lowercase().as_str());
+                            (k.into_owned(), if secret { "REDACTED".to_owned() } else { v.into_owned() })
+                        })
+                        .collect();
+                    u.query_pairs_mut().clear().extend_pairs(pairs);
+                }
                 f.write_str(u.as_str())
             }
-            _ => f.write_str(&self.0),
+            Err(_) => {
+                let scheme = self
+                    .0
+                    .split_once(':')
+                    .map(|(s, _)| s)
+                    .filter(|s| {
+                        !s.is_empty() && s.len() <= 16 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '+')
+                    })
+                    .unwrap_or("?");
+                write!(f, "{scheme}:<unparseable URL, redacted>")
+            }
         }
     }
 }
@@ -434,9 +599,25 @@ mod tests {
 
     #[test]
     fn password_is_redacted() {
-        let u: DatabaseUrl = "postgres://app:hunter2@db:5432/gw".parse().unwrap();
-        assert!(!u.to_string().contains("hunter2"));
-        assert!(!format!("{u:?}").contains("hunter2"));
+        for raw in [
+            "postgres://app:hunter2@db:5432/gw",
+            "postgres://app@db/gw?sslmode=require&password=hunter2",
+            "postgresql://app@db/gw?sslpassword=hunter2&application_name=x",
+            "postgres://app:hunter2@[bad/db",
+            "postgresx://app:hunter2@db/gw",
+        ] {
+            let u: DatabaseUrl = raw.parse().unwrap();
+            assert!(!u.to_string().contains("hunter2"), "{u}");
+            assert!(!format!("{u:?}").contains("hunter2"));
+            if let Err(e) = u.check() {
+                assert!(!e.contains("hunter2"), "{e}");
+            }
+            assert!(!u.scrub(&format!("failed: {raw} / hunter2")).contains("hunter2"));
+        }
+        let kept: DatabaseUrl = "postgres://app@db/gw?sslmode=require&password=x1".parse().unwrap();
+        assert!(kept.to_string().contains("sslmode=require"), "{kept}");
+        assert!(kept.check().is_ok());
+        assert!("postgresx://db/gw".parse::<DatabaseUrl>().unwrap().check().is_err());
     }
 
     #[test]

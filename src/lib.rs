@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod executor;
 pub mod jobs;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 

@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_create_jobs;
 mod m20261123_000002_audit;
+mod m20261203_000003_maintenance;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -13,6 +14,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261123_000001_create_jobs::Migration), Box::new(m20261123_000002_audit::Migration)]
+        vec![
+            Box::new(m20261123_000001_create_jobs::Migration),
+            Box::new(m20261123_000002_audit::Migration),
+            Box::new(m20261203_000003_maintenance::Migration),
+        ]
     }
 }

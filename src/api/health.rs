@@ -9,6 +9,7 @@ use poem_openapi::{ApiResponse, OpenApi};
 
 use super::model::{Health, Readiness};
 use super::{ApiTags, State};
+use crate::store::Health as StoreHealth;
 
 /// Health endpoints.
 pub struct HealthApi;
@@ -16,7 +17,8 @@ pub struct HealthApi;
 /// Answers of `GET /readyz`.
 #[derive(ApiResponse)]
 pub enum ReadyResponse {
-    /// The database answers, migrations are applied, the service is not shutting down.
+    /// The database answers, migrations are applied, writes work, the service is not shutting
+    /// down.
     #[oai(status = 200)]
     Ready(Json<Readiness>),
     /// Not ready; `reason` says why.
@@ -52,20 +54,23 @@ impl HealthApi {
 
     /// Readiness
     ///
-    /// 200 when the database answers and every migration is applied; 503 otherwise and while
-    /// shutting down.
+    /// 200 when the database answers, every migration is applied and writes work; 503
+    /// otherwise (with the reason: for example a full disk) and while shutting down.
     #[oai(path = "/readyz", method = "get", operation_id = "health.ready")]
     async fn readyz(&self, state: Data<&State>) -> ReadyResponse {
         if !state.accepting.load(Ordering::SeqCst) {
             return not_ready(&state, "shutting down");
         }
         match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ready()).await {
-            Ok(Ok(true)) => ReadyResponse::Ready(Json(Readiness {
+            Ok(Ok(StoreHealth::Ready)) => ReadyResponse::Ready(Json(Readiness {
                 status: "ready".into(),
                 reason: None,
                 auth: auth_detail(&state),
             })),
-            Ok(Ok(false)) => not_ready(&state, "database migrations are pending"),
+            Ok(Ok(StoreHealth::MigrationsPending)) => not_ready(&state, "database migrations are pending"),
+            Ok(Ok(StoreHealth::WritesFailing(why))) => {
+                not_ready(&state, &format!("database writes are failing: {why}; new jobs are refused"))
+            }
             Ok(Err(_)) => not_ready(&state, "database unavailable"),
             Err(_) => not_ready(&state, "database did not answer within 2 s"),
         }

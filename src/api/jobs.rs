@@ -14,7 +14,9 @@ use super::auth::{Caller, Need};
 use super::json::JsonOut;
 use super::model::{ActionOut, CreateJobRequest, JobAccepted, JobEventOut, JobOut, JobPage, JobStatusOut};
 use super::problem::{Problem, RETRY_AFTER_SECS};
+use super::strict::StrictJson;
 use super::{ApiTags, State};
+use crate::auth::Identity;
 use crate::jobs::{JobId, JobStatus, NewJob};
 use crate::store::JobFilter;
 
@@ -223,7 +225,7 @@ impl From<Problem> for CancelError {
 }
 
 /// The `WWW-Authenticate` challenge of a 401.
-const BEARER: &str = "Bearer realm=\"automation-gateway\"";
+pub(super) const BEARER: &str = "Bearer realm=\"automation-gateway\"";
 
 /// One line per create and cancel: who, what, target, outcome, request id (the timestamp is
 /// the line's own).
@@ -254,6 +256,39 @@ fn decode_cursor(s: &str) -> Option<JobId> {
     s.strip_prefix("c1_").and_then(|hex| Uuid::try_parse(hex).ok()).map(JobId)
 }
 
+/// The `Idempotency-Key` header, read from its raw bytes: any UTF-8 text is honoured byte for
+/// byte (poem-openapi's header parsing drops a value that is not visible ASCII, which would have
+/// made a retry create a second job); anything else is refused, never ignored.
+// A Problem is built only when a request is refused; boxing it would buy nothing.
+#[allow(clippy::result_large_err)]
+fn idempotency_key(req: &poem::Request) -> Result<Option<String>, Problem> {
+    let mut values = req.headers().get_all("idempotency-key").iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(Problem::bad_request("Idempotency-Key", "sent more than once"));
+    }
+    let key = std::str::from_utf8(value.as_bytes())
+        .map_err(|_| Problem::bad_request("Idempotency-Key", "must be UTF-8 text"))?;
+    let len = key.chars().count();
+    if !(1..=255).contains(&len) {
+        return Err(Problem::bad_request("Idempotency-Key", "must be 1 to 255 characters"));
+    }
+    if key.chars().any(crate::jobs::is_invisible) {
+        return Err(Problem::bad_request("Idempotency-Key", "must not contain control or format characters"));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// Refuses U+0000 in a text query parameter: PostgreSQL cannot compare text with it, and no
+/// stored value holds one.
+#[allow(clippy::result_large_err)]
+fn no_nul(field: &str, value: &Option<String>) -> Result<(), Problem> {
+    match value {
+        Some(v) if v.contains('\0') => Err(Problem::bad_request(field, "must not contain U+0000 (NUL)")),
+        _ => Ok(()),
+    }
+}
+
 #[OpenApi(prefix_path = "/v1", tag = "ApiTags::Jobs")]
 impl JobsApi {
     /// Trigger an action
@@ -262,40 +297,39 @@ impl JobsApi {
     /// asynchronously. Poll `Location` for its status. With an `Idempotency-Key`, repeating the
     /// same request returns the original job instead of creating a second one.
     #[oai(path = "/jobs", method = "post", operation_id = "jobs.create")]
+    // poem-openapi takes each extractor as its own argument.
+    #[allow(clippy::too_many_arguments)]
     async fn create(
         &self,
         state: Data<&State>,
-        caller: Caller,
+        _caller: Caller,
+        identity: Data<&Identity>,
         request_id: ReqId,
-        body: Json<CreateJobRequest>,
+        raw: &poem::Request,
+        body: StrictJson<CreateJobRequest>,
         /// Makes retries safe: the same key with the same body returns the original job; with
-        /// another body it is refused with 409.
+        /// another body it is refused with 409. Any UTF-8 text of 1 to 255 characters, compared
+        /// byte for byte.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
-        idempotency_key: Header<Option<String>>,
+        _idempotency_key: Header<Option<String>>,
     ) -> Result<CreateResponse, CreateError> {
         let rid = request_id.to_string();
+        let identity = identity.0;
         let req = body.0;
         let (action_name, target) =
             (req.action.chars().take(64).collect::<String>(), req.target.chars().take(253).collect::<String>());
-        let refused = |who: &str, p: Problem| {
-            audit("job.create", who, None, &action_name, &target, &format!("refused {}", p.status), &rid);
+        let refused = |p: Problem| {
+            audit("job.create", &identity.name, None, &action_name, &target, &format!("refused {}", p.status), &rid);
             CreateError::from(p)
         };
-        // Authenticate before validating, so an anonymous caller learns nothing about the input rules.
-        let identity = state.authenticate(&caller, "jobs.create", &rid).map_err(|p| refused("?", p))?;
+        let key = idempotency_key(raw).map_err(refused)?;
         let job =
             NewJob::parse(&req.action, &req.target, &req.requested_by, req.parameters.map(|m| m.into_iter().collect()))
-                .map_err(|e| refused(&identity.name, e.into()))?
+                .map_err(|e| refused(e.into()))?
                 .submitted_by(&identity.name);
-        state
-            .require(&identity, Need::Create(job.action), "jobs.create", &rid)
-            .map_err(|p| refused(&identity.name, p))?;
+        state.require(identity, Need::Create(job.action), "jobs.create", &rid).map_err(refused)?;
         let action = job.action;
-        let out = state
-            .store
-            .enqueue(job, idempotency_key.0, Some(rid.clone()))
-            .await
-            .map_err(|e| refused(&identity.name, e.into()))?;
+        let out = state.store.enqueue(job, key, Some(rid.clone())).await.map_err(|e| refused(e.into()))?;
         let id = out.id.to_string();
         if out.created {
             state.metrics.job_created(action);
@@ -310,22 +344,20 @@ impl JobsApi {
     /// Get a job
     ///
     /// The job's status and timestamps; the seven keys of the specification are always present
-    /// (null where they do not apply yet).
+    /// (null where they do not apply yet). A job outside the token's scope (its `actions`, or `scope`)
+    /// is a 404, as if it did not exist.
     #[oai(path = "/jobs/:job_id", method = "get", operation_id = "jobs.get")]
     async fn get(
         &self,
         state: Data<&State>,
-        caller: Caller,
+        _caller: Caller,
+        identity: Data<&Identity>,
         request_id: ReqId,
         /// The job's id.
         job_id: Path<Uuid>,
     ) -> Result<JsonOut<JobOut>, GetError> {
-        state.authorize(&caller, Need::Read, "jobs.get", &request_id.to_string()).map_err(GetError::from)?;
-        match state.store.get(JobId(job_id.0)).await {
-            Ok(job) => Ok(JsonOut(job.into())),
-            Err(crate::store::Error::NotFound) => Err(GetError::from(Problem::job_not_found(job_id.0))),
-            Err(e) => Err(problem(e)),
-        }
+        state.require(identity.0, Need::Read, "jobs.get", &request_id.to_string()).map_err(GetError::from)?;
+        Ok(JsonOut(visible_job(&state, identity.0, JobId(job_id.0)).await.map_err(GetError::from)?.into()))
     }
 
     /// A job's audit trail
@@ -335,34 +367,31 @@ impl JobsApi {
     async fn events(
         &self,
         state: Data<&State>,
-        caller: Caller,
+        _caller: Caller,
+        identity: Data<&Identity>,
         request_id: ReqId,
         /// The job's id.
         job_id: Path<Uuid>,
     ) -> Result<Json<Vec<JobEventOut>>, GetError> {
-        state.authorize(&caller, Need::Read, "jobs.events", &request_id.to_string()).map_err(GetError::from)?;
+        state.require(identity.0, Need::Read, "jobs.events", &request_id.to_string()).map_err(GetError::from)?;
         let id = JobId(job_id.0);
+        visible_job(&state, identity.0, id).await.map_err(GetError::from)?;
         let events = state.store.events(id).await.map_err(problem::<GetError>)?;
-        if events.is_empty() {
-            // Jobs from before the audit trail existed have no events but do exist.
-            if let Err(crate::store::Error::NotFound) = state.store.get(id).await {
-                return Err(GetError::from(Problem::job_not_found(id)));
-            }
-        }
         Ok(Json(events.into_iter().map(JobEventOut::from).collect()))
     }
 
     /// List jobs
     ///
-    /// Newest first, filtered by any of `status`, `action`, `target` and `requested_by`.
-    /// Follow `next_cursor` for the next page.
+    /// Newest first, filtered by any of `status`, `action`, `target` and `requested_by`; only
+    /// jobs in the token's scope. Follow `next_cursor` for the next page.
     #[oai(path = "/jobs", method = "get", operation_id = "jobs.list")]
     // poem-openapi takes each query parameter as its own argument.
     #[allow(clippy::too_many_arguments)]
     async fn list(
         &self,
         state: Data<&State>,
-        caller: Caller,
+        _caller: Caller,
+        identity: Data<&Identity>,
         request_id: ReqId,
         /// Only jobs in this status.
         status: Query<Option<JobStatusOut>>,
@@ -381,7 +410,10 @@ impl JobsApi {
         #[oai(validator(max_length = 64))]
         cursor: Query<Option<String>>,
     ) -> Result<JsonOut<JobPage>, ListError> {
-        state.authorize(&caller, Need::Read, "jobs.list", &request_id.to_string()).map_err(ListError::from)?;
+        let identity = identity.0;
+        state.require(identity, Need::Read, "jobs.list", &request_id.to_string()).map_err(ListError::from)?;
+        no_nul("target", &target.0).map_err(ListError::from)?;
+        no_nul("requested_by", &requested_by.0).map_err(ListError::from)?;
         let before =
             match cursor.0.as_deref() {
                 None | Some("") => None,
@@ -389,9 +421,15 @@ impl JobsApi {
                     ListError::from(Problem::bad_request("cursor", "not a cursor returned by this API"))
                 })?),
             };
+        let action = action.0.map(crate::jobs::Action::from);
+        if action.is_some_and(|a| !identity.in_scope(a)) {
+            // Outside the token's scope: nothing it may see.
+            return Ok(JsonOut(JobPage { items: Vec::new(), next_cursor: None }));
+        }
         let filter = JobFilter {
             status: status.0.map(JobStatus::from),
-            action: action.0.map(Into::into),
+            action,
+            actions: identity.scope().map(<[_]>::to_vec),
             target: target.0,
             requested_by: requested_by.0,
             before,
@@ -413,23 +451,26 @@ impl JobsApi {
     async fn cancel(
         &self,
         state: Data<&State>,
-        caller: Caller,
+        _caller: Caller,
+        identity: Data<&Identity>,
         request_id: ReqId,
         /// The job's id.
         job_id: Path<Uuid>,
     ) -> Result<CancelResponse, CancelError> {
+        let identity = identity.0;
         let rid = request_id.to_string();
         let id = JobId(job_id.0);
         let sid = id.to_string();
-        let refused = |who: &str, p: Problem| {
-            audit("job.cancel", who, Some(&sid), "", "", &format!("refused {}", p.status), &rid);
+        let refused = |p: Problem| {
+            audit("job.cancel", &identity.name, Some(&sid), "", "", &format!("refused {}", p.status), &rid);
             CancelError::from(p)
         };
-        let identity = state.authorize(&caller, Need::Cancel, "jobs.cancel", &rid).map_err(|p| refused("?", p))?;
+        state.require(identity, Need::Cancel, "jobs.cancel", &rid).map_err(refused)?;
+        visible_job(&state, identity, id).await.map_err(refused)?;
         let status = match state.executor.cancel(id, &identity.name, Some(rid.clone()), CANCEL_WAIT).await {
             Ok(s) => s,
-            Err(crate::store::Error::NotFound) => return Err(refused(&identity.name, Problem::job_not_found(id))),
-            Err(e) => return Err(refused(&identity.name, e.into())),
+            Err(crate::store::Error::NotFound) => return Err(refused(Problem::job_not_found(id))),
+            Err(e) => return Err(refused(e.into())),
         };
         let job = state.store.get(id).await.map_err(problem::<CancelError>)?;
         audit("job.cancel", &identity.name, Some(&sid), job.action.as_str(), &job.target, status.as_str(), &rid);
@@ -438,6 +479,16 @@ impl JobsApi {
         } else {
             Ok(CancelResponse::Done(JsonOut(job.into())))
         }
+    }
+}
+
+/// The job, if it exists and its action is within the caller's scope; 404 otherwise, so a token
+/// learns nothing about jobs it may not see.
+async fn visible_job(state: &State, identity: &Identity, id: JobId) -> Result<crate::jobs::Job, Problem> {
+    match state.store.get(id).await {
+        Ok(job) if identity.in_scope(job.action) => Ok(job),
+        Ok(_) | Err(crate::store::Error::NotFound) => Err(Problem::job_not_found(id)),
+        Err(e) => Err(e.into()),
     }
 }
 

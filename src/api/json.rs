@@ -15,6 +15,12 @@ use serde::Serialize;
 /// A JSON response body, described by `T`'s schema and written by `T`'s `Serialize`.
 pub struct JsonOut<T>(pub T);
 
+/// `application/json` or any `application/*+json`, parameters ignored (as `Json<T>` accepts).
+pub fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
 /// As `Json<T>` declares it.
 const CONTENT_TYPE: &str = "application/json; charset=utf-8";
 
@@ -22,8 +28,7 @@ impl<T: Type> Payload for JsonOut<T> {
     const CONTENT_TYPE: &'static str = CONTENT_TYPE;
 
     fn check_content_type(content_type: &str) -> bool {
-        let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-        essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+        is_json(content_type)
     }
 
     fn schema_ref() -> MetaSchemaRef {

@@ -9,6 +9,7 @@ pub mod json;
 pub mod model;
 pub mod problem;
 pub mod request_id;
+pub mod strict;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
@@ -44,8 +45,12 @@ pub struct State {
     pub accepting: Arc<AtomicBool>,
     /// Who may call.
     pub auth: crate::auth::Authenticator,
-    /// The per-identity rate limit.
+    /// The per-identity rate limit (per client address while authentication is off).
     pub limiter: Arc<crate::auth::RateLimiter>,
+    /// Failed authentications allowed per client address.
+    pub failures: Arc<crate::auth::RateLimiter>,
+    /// Log lines about failed authentications allowed per second.
+    pub failure_log: Arc<crate::auth::LogBudget>,
     /// Whether `/metrics` needs a token too.
     pub metrics_require_token: bool,
 }
@@ -74,8 +79,11 @@ pub fn routes(state: State, max_body_bytes: usize, request_timeout: std::time::D
         .nest("/docs", LazyDocs(OnceLock::new()))
         .at("/openapi.json", get(openapi_json).data(Arc::new(spec)))
         .at("/metrics", get(metrics_text))
-        .data(state)
+        .data(state.clone())
         .with(problem::Problems { max_body_bytes, request_timeout })
+        // Outside `Problems`, which reads the body: a caller is authenticated before any byte
+        // of its body is read or buffered.
+        .with(auth::Gate(state))
         .with(request_id::RequestIds)
         .with(CatchPanic::new().with_handler(|_| problem::response(&problem::Problem::internal())))
         .with(HttpMetrics(metrics))
@@ -98,23 +106,9 @@ fn openapi_json(spec: Data<&Arc<String>>) -> Response {
     Response::builder().content_type("application/json").body(spec.0.as_str().to_owned())
 }
 
+/// `/metrics`. When it needs a token, `auth::Gate` has checked it already.
 #[handler]
-fn metrics_text(state: Data<&State>, req: &poem::Request) -> Response {
-    if state.metrics_require_token && state.auth.enabled() {
-        let token = req
-            .headers()
-            .get(poem::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if state.auth.identify(token).is_err() {
-            tracing::warn!(event = "auth.failed", operation = "metrics", "authentication failed");
-            return problem::response(&problem::Problem::new(
-                poem::http::StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "/metrics requires a bearer token",
-            ));
-        }
-    }
+fn metrics_text(state: Data<&State>) -> Response {
     match state.metrics.encode() {
         Ok(text) => Response::builder().content_type("text/plain; version=0.0.4; charset=utf-8").body(text),
         Err(e) => {

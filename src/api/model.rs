@@ -93,12 +93,23 @@ pub struct CreateJobRequest {
     /// What to run it against: 1 to 253 letters, digits and `-_.:/@`.
     #[oai(validator(min_length = 1, max_length = 253, pattern = r"^[A-Za-z0-9._:/@-]+$"))]
     pub target: String,
-    /// Who asks (free text, e.g. an e-mail address), 1 to 320 characters, no control characters.
+    /// Who asks (free text, e.g. an e-mail address), 1 to 320 characters, no control or format
+    /// characters (Unicode Cc, Cf, Zl, Zp: they could disguise a name in the audit trail).
     #[oai(validator(min_length = 1, max_length = 320))]
     pub requested_by: String,
-    /// Parameters for the action (an object, default `{}`, at most 16 levels deep). The simulated
-    /// runner honours `simulate: {"duration_ms": N, "fail": true|false}`.
+    /// Parameters for the action (an object, default `{}`, at most 16 levels deep, no repeated
+    /// keys, integers within 64 bits). The simulated runner honours
+    /// `simulate: {"duration_ms": N, "fail": true|false}`.
     pub parameters: Option<BTreeMap<String, Value>>,
+}
+
+impl super::strict::Fields for CreateJobRequest {
+    const FIELDS: &'static [(&'static str, super::strict::Kind)] = &[
+        ("action", super::strict::Kind::String),
+        ("target", super::strict::Kind::String),
+        ("requested_by", super::strict::Kind::String),
+        ("parameters", super::strict::Kind::Object),
+    ];
 }
 
 fn create_example() -> CreateJobRequest {

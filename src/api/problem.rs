@@ -111,12 +111,20 @@ impl From<store::Error> for Problem {
                 tracing::warn!(error = %e, error.cause = ?std::error::Error::source(&e), "database unavailable");
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the database is unavailable; retry later")
             }
+            store::Error::StorageFull(_) => {
+                tracing::warn!(error = %e, error.cause = ?std::error::Error::source(&e), "database storage full");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage-full",
+                    "the database has no room left for this write (disk full or size cap); nothing was stored, retry later",
+                )
+            }
             store::Error::ShuttingDown => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting-down",
                 "the service is shutting down; retry on another replica",
             ),
-            store::Error::Other(_) => {
+            store::Error::Other(_) | store::Error::Internal(_) => {
                 tracing::error!(error = %e, error.cause = ?std::error::Error::source(&e), "internal error");
                 Self::internal()
             }
@@ -249,11 +257,13 @@ impl<E: Endpoint> ProblemsEndpoint<E> {
                 return Ok(response(&Problem::new(status, slug, detail)));
             }
         };
-        let is_problem = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-        if (resp.status().is_client_error() || resp.status().is_server_error()) && !is_problem {
+        // A JSON error body is an answer of ours (problem+json, or `/readyz`'s 503 with its
+        // reason): keep it. Only the framework's bare errors become problems.
+        let is_json = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+            let v = v.as_bytes();
+            v.starts_with(b"application/problem+json") || v.starts_with(b"application/json")
+        });
+        if (resp.status().is_client_error() || resp.status().is_server_error()) && !is_json {
             let status = resp.status();
             return Ok(response(&Problem::new(status, "error", status.canonical_reason().unwrap_or("error"))));
         }

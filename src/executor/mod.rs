@@ -14,6 +14,7 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -35,9 +36,13 @@ struct Ctx {
     runners: Runners,
     policies: ActionPolicies,
     owner: Uuid,
+    lease: Duration,
     lease_us: i64,
-    /// Cancel tokens of the attempts running here, by job.
-    running: Mutex<HashMap<JobId, CancellationToken>>,
+    /// The attempts running here, by job. Locked briefly, never across an await.
+    running: Mutex<HashMap<JobId, worker::Attempt>>,
+    /// When the last heartbeat that succeeded was sent: every lease this process held then
+    /// runs until that instant plus the lease, whatever the database's clock says.
+    last_beat: Mutex<Option<Instant>>,
     /// Fired when the shutdown grace period is over: interrupts every attempt still running.
     hard_stop: CancellationToken,
     completions: mpsc::UnboundedSender<Finished>,
@@ -84,8 +89,10 @@ impl Executor {
             runners,
             policies: config.action_policy.clone(),
             owner: Uuid::new_v4(),
+            lease,
             lease_us: lease.as_micros() as i64,
             running: Mutex::new(HashMap::new()),
+            last_beat: Mutex::new(None),
             hard_stop: CancellationToken::new(),
             completions: tx,
             capacity: Notify::new(),
@@ -96,9 +103,13 @@ impl Executor {
         }
         let stop_claiming = CancellationToken::new();
         let mut background = JoinSet::new();
-        background.spawn(heartbeat_loop(ctx.clone(), lease / 3, stop_claiming.clone()));
+        background.spawn(heartbeat_loop(ctx.clone(), lease / 3));
         background.spawn(recovery_loop(ctx.clone(), (lease / 2).max(Duration::from_secs(1)), stop_claiming.clone()));
         background.spawn(sample_loop(ctx.clone(), stop_claiming.clone()));
+        if let Some(keep) = config.retention() {
+            let every = Duration::from_secs(config.retention_interval_secs);
+            background.spawn(retention_loop(ctx.clone(), keep, every, stop_claiming.clone()));
+        }
         if let Some(pool) = store.pg_pool() {
             background.spawn(listen_loop(ctx.clone(), pool, stop_claiming.clone()));
         }
@@ -137,8 +148,8 @@ impl Executor {
                 Ok(JobStatus::Canceled)
             }
             _ => {
-                if let Some(token) = self.ctx.running.lock().map_err(|_| poisoned())?.get(&id) {
-                    token.cancel();
+                if let Some(attempt) = self.ctx.running.lock().map_err(|_| poisoned())?.get(&id) {
+                    attempt.cancel.cancel();
                 }
                 let deadline = tokio::time::Instant::now() + wait;
                 loop {
@@ -203,8 +214,12 @@ async fn dispatch_loop(ctx: Arc<Ctx>, permits: Arc<Semaphore>, poll: Duration, s
         let free = permits.available_permits().min(MAX_CLAIM);
         let worth_it = free > 0 && (!backlog || free >= batch_min || free == pool);
         if worth_it && !stop.is_cancelled() {
+            // The lease starts before the claim is sent (the database computes it from its own
+            // clock at about that time): the local deadline must never end later than the real one.
+            let lease_from = Instant::now();
             match ctx.store.claim_batch(ctx.owner, free, ctx.lease_us).await {
                 Ok(jobs) => {
+                    let claimed_at = Instant::now();
                     backoff = Duration::from_millis(50);
                     backlog = jobs.len() == free;
                     for job in jobs {
@@ -213,7 +228,7 @@ async fn dispatch_loop(ctx: Arc<Ctx>, permits: Arc<Semaphore>, poll: Duration, s
                         let Ok(permit) = permits.clone().try_acquire_owned() else {
                             break;
                         };
-                        workers.spawn(worker::run(ctx.clone(), job, permit));
+                        workers.spawn(worker::run(ctx.clone(), job, permit, lease_from, claimed_at));
                     }
                 }
                 Err(e) => {
@@ -316,22 +331,68 @@ async fn write_completions(ctx: &Ctx, batch: Vec<Finished>) {
     }
 }
 
-/// Extends this process's leases and picks up cancels requested through other replicas.
-async fn heartbeat_loop(ctx: Arc<Ctx>, every: Duration, stop: CancellationToken) {
+/// Extends this process's leases, stops the attempts whose lease is gone, and picks up cancels
+/// requested through other replicas.
+///
+/// A lease can be lost two ways, and an attempt that lost it must stop at once: with a real
+/// runner, a job reported FAILED ("worker lost") by the replica that recovered it must not go on
+/// restarting a service. (1) Locally: no heartbeat succeeded for a whole lease (this process was
+/// paused, or cut off from the database), so another process may have recovered the job; this
+/// needs no database and is checked first, before a new beat could hide the gap. (2) Remotely:
+/// the heartbeat's answer no longer lists a job running here, because another process recovered
+/// it. Attempts claimed after the beat was sent are not judged by it.
+async fn heartbeat_loop(ctx: Arc<Ctx>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Keep heartbeating through the grace period: stop only at the hard stop.
-    let _ = stop;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = ctx.hard_stop.cancelled() => return,
         }
+        let sent = Instant::now();
+        expire_overdue(&ctx, sent);
         // Always beat: rows stay RUNNING after their attempt ends until the completer has written
         // them, and those must keep their lease too.
         match ctx.store.heartbeat(ctx.owner, ctx.lease_us).await {
-            Ok(cancels) => cancel_local(&ctx, &cancels),
+            Ok(held) => {
+                if let Ok(mut last) = ctx.last_beat.lock() {
+                    *last = Some(sent);
+                }
+                fence_local(&ctx, &held, sent);
+            }
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}
+
+/// The end of the lease of an attempt whose own lease started at `lease_from`: a lease lasts
+/// from the later of its claim and the last successful heartbeat.
+fn lease_end(ctx: &Ctx, lease_from: Instant) -> Instant {
+    let last = ctx.last_beat.lock().ok().and_then(|l| *l);
+    last.map_or(lease_from, |b| b.max(lease_from)) + ctx.lease
+}
+
+/// Stops every attempt whose lease ran out without a successful heartbeat.
+fn expire_overdue(ctx: &Ctx, now: Instant) {
+    let Ok(running) = ctx.running.lock() else { return };
+    for attempt in running.values() {
+        if now >= lease_end(ctx, attempt.lease_from) {
+            attempt.expired.cancel();
+        }
+    }
+}
+
+/// Applies a heartbeat's answer: cancels requested elsewhere, and attempts taken over.
+fn fence_local(ctx: &Ctx, held: &[store::Held], sent: Instant) {
+    let held: HashMap<JobId, &store::Held> = held.iter().map(|h| (h.id, h)).collect();
+    let Ok(running) = ctx.running.lock() else { return };
+    for (id, attempt) in running.iter() {
+        match held.get(id) {
+            Some(h) if h.attempt == attempt.attempt && h.cancel_requested => attempt.cancel.cancel(),
+            Some(h) if h.attempt == attempt.attempt => {}
+            _ if attempt.claimed_at < sent => attempt.taken_over.cancel(),
+            _ => {}
         }
     }
 }
@@ -339,22 +400,40 @@ async fn heartbeat_loop(ctx: Arc<Ctx>, every: Duration, stop: CancellationToken)
 fn cancel_local(ctx: &Ctx, ids: &[JobId]) {
     if let Ok(running) = ctx.running.lock() {
         for id in ids {
-            if let Some(t) = running.get(id) {
-                t.cancel();
+            if let Some(a) = running.get(id) {
+                a.cancel.cancel();
             }
+        }
+    }
+}
+
+/// The clock of a periodic background loop: the first tick at once, then every period (a late
+/// tick delays the next rather than bunching), until `stop`.
+struct Ticker {
+    tick: tokio::time::Interval,
+    stop: CancellationToken,
+}
+
+impl Ticker {
+    fn new(every: Duration, stop: CancellationToken) -> Self {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self { tick, stop }
+    }
+
+    /// Waits for the next tick; false once the loop must stop.
+    async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = self.tick.tick() => true,
+            _ = self.stop.cancelled() => false,
         }
     }
 }
 
 /// Settles jobs whose lease expired.
 async fn recovery_loop(ctx: Arc<Ctx>, every: Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.cancelled() => return,
-        }
+    let mut ticker = Ticker::new(every, stop.clone());
+    while ticker.next().await {
         if let Err(e) = recover(&ctx, false).await {
             tracing::warn!(error = %e, "lease recovery failed");
         }
@@ -400,14 +479,60 @@ fn lost_outcome(on_lost: OnLost, max_attempts: u32, attempt: i32, why: String, n
     }
 }
 
-/// Reads the global queue figures into the gauges.
-async fn sample_loop(ctx: Arc<Ctx>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.cancelled() => return,
+/// Most jobs deleted in one retention transaction: short enough that writers queued behind it
+/// (one writer connection on SQLite) wait milliseconds, not seconds.
+const PURGE_BATCH: usize = 500;
+
+/// Deletes finished jobs older than `keep`, with their events, in small batches with a pause
+/// between them. Runs at start-up, then every `every`.
+async fn retention_loop(ctx: Arc<Ctx>, keep: Duration, every: Duration, stop: CancellationToken) {
+    let mut ticker = Ticker::new(every, stop.clone());
+    while ticker.next().await {
+        let cutoff = store::now_us().saturating_sub(keep.as_micros() as i64);
+        let mut total = 0u64;
+        loop {
+            match ctx.store.purge_finished(cutoff, PURGE_BATCH).await {
+                Ok(n) => {
+                    ctx.metrics.jobs_deleted(n);
+                    total += n;
+                    if (n as usize) < PURGE_BATCH {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention pass failed; retrying at the next one");
+                    break;
+                }
+            }
+            // Let queued writers in between batches.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = stop.cancelled() => return,
+            }
         }
+        if total > 0 {
+            tracing::info!(
+                deleted = total,
+                older_than_days = keep.as_secs_f64() / 86_400.0,
+                "retention: finished jobs deleted"
+            );
+        }
+    }
+}
+
+/// Reads the global queue figures into the gauges every second, and the database size every
+/// tenth second.
+async fn sample_loop(ctx: Arc<Ctx>, stop: CancellationToken) {
+    let mut ticker = Ticker::new(Duration::from_secs(1), stop);
+    let mut n = 0u64;
+    while ticker.next().await {
+        if n.is_multiple_of(10) {
+            match ctx.store.database_size().await {
+                Ok(bytes) => ctx.metrics.database_size(bytes),
+                Err(e) => tracing::debug!(error = %e, "database size sampling failed"),
+            }
+        }
+        n += 1;
         match ctx.store.queue_stats().await {
             Ok(s) => {
                 let age_us = s.oldest_run_at.map(|t| store::now_us().saturating_sub(t).max(0)).unwrap_or(0);

@@ -249,10 +249,10 @@ impl NewJob {
                 reason: format!("must be 1 to {MAX_REQUESTED_BY_LEN} characters"),
             });
         }
-        if requested_by.chars().any(char::is_control) {
+        if requested_by.chars().any(is_invisible) {
             return Err(Error::Validation {
                 field: "requested_by",
-                reason: "must not contain control characters".into(),
+                reason: "must not contain control or format characters (such as bidirectional overrides, zero-width characters or line separators)".into(),
             });
         }
         let parameters = Value::Object(parameters.unwrap_or_default());
@@ -290,6 +290,20 @@ impl NewJob {
         h.update(self.parameters.to_string().as_bytes());
         hex::encode(h.finalize())
     }
+}
+
+/// Characters of the Unicode general categories Cc (controls), Cf (format: bidirectional
+/// overrides, zero-width joiners, the byte order mark, tags), Zl and Zp (line and paragraph
+/// separators). None is visible, and each can make a name in the audit trail read as another.
+/// The Cf ranges are those of Unicode 15.1.
+pub fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00AD}' | '\u{0600}'..='\u{0605}' | '\u{061C}' | '\u{06DD}' | '\u{070F}' | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{110BD}' | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}' | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}')
 }
 
 fn depth(v: &Value) -> usize {
@@ -336,6 +350,14 @@ mod tests {
                 assert!(!from.can_become(to), "{from} -> {to}");
             }
         }
+    }
+
+    #[test]
+    fn invisible_characters_are_refused_in_requested_by() {
+        for bad in ["a\u{202E}b", "a\u{200B}b", "a\u{2028}b", "a\u{2029}b", "\u{FEFF}a", "a\u{7}", "a\u{0}"] {
+            assert!(NewJob::parse("health_check", "x", bad, None).is_err(), "{bad:?}");
+        }
+        assert!(NewJob::parse("health_check", "x", "Zoë Müller 山田", None).is_ok());
     }
 
     #[test]

@@ -24,28 +24,52 @@ pub enum Error {
     /// The database cannot be reached or is shutting down: retry later.
     #[error("database unavailable")]
     Unavailable(#[source] DbErr),
+    /// The database has no room for the write (disk full, SQLite size cap): retry later.
+    #[error("database storage is full")]
+    StorageFull(#[source] DbErr),
     /// The service is shutting down and no longer accepts writes.
     #[error("shutting down")]
     ShuttingDown,
-    /// Anything else: a bug or corrupt data.
+    /// Anything else from the database: a bug or corrupt data.
     #[error("database error")]
     Other(#[source] DbErr),
+    /// A broken invariant of the store itself (not the database's).
+    #[error("internal store error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// True for the errors a client should retry later (503): the write did not happen, and
+    /// nothing about the request itself is wrong.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable(_) | Error::StorageFull(_) | Error::ShuttingDown)
+    }
 }
 
 impl From<DbErr> for Error {
     fn from(err: DbErr) -> Self {
-        if is_unavailable(&err) { Error::Unavailable(err) } else { Error::Other(err) }
+        match classify(&err) {
+            Kind::Full => Error::StorageFull(err),
+            Kind::Unavailable => Error::Unavailable(err),
+            Kind::Other => Error::Other(err),
+        }
     }
 }
 
-fn is_unavailable(err: &DbErr) -> bool {
+enum Kind {
+    Full,
+    Unavailable,
+    Other,
+}
+
+fn classify(err: &DbErr) -> Kind {
     let runtime = match err {
-        DbErr::ConnectionAcquire(_) => return true,
+        DbErr::ConnectionAcquire(_) => return Kind::Unavailable,
         DbErr::Conn(e) | DbErr::Exec(e) | DbErr::Query(e) => e,
-        _ => return false,
+        _ => return Kind::Other,
     };
     let RuntimeErr::SqlxError(e) = runtime else {
-        return false;
+        return Kind::Other;
     };
     match e.as_ref() {
         sqlx::Error::Io(_)
@@ -53,13 +77,26 @@ fn is_unavailable(err: &DbErr) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => true,
+        | sqlx::Error::Protocol(_) => Kind::Unavailable,
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or_default();
-            // PostgreSQL: class 08 connection exceptions, 57P0x shutdown/crash, 53 out of
-            // resources. SQLite: 5/6 busy/locked (the busy timeout ran out).
-            code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") || code == "5" || code == "6"
+            // SQLite reports extended result codes; the primary code is the low byte.
+            let sqlite_primary = code.parse::<u32>().ok().map(|c| c & 0xff);
+            if code == "53100" || sqlite_primary == Some(13) {
+                // PostgreSQL disk_full; SQLITE_FULL (disk full or max_page_count reached).
+                Kind::Full
+            } else if code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+                || matches!(sqlite_primary, Some(5 | 6 | 10))
+            {
+                // PostgreSQL: class 08 connection exceptions, 57P0x shutdown/crash, 53 out of
+                // resources. SQLite: busy/locked (the busy timeout ran out), I/O errors.
+                Kind::Unavailable
+            } else {
+                Kind::Other
+            }
         }
-        _ => false,
+        _ => Kind::Other,
     }
 }

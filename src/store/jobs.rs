@@ -42,6 +42,8 @@ pub struct JobFilter {
     pub status: Option<JobStatus>,
     /// Only this action.
     pub action: Option<Action>,
+    /// Only these actions (a token's scope); `None` for all.
+    pub actions: Option<Vec<Action>>,
     /// Only this exact target.
     pub target: Option<String>,
     /// Only this exact `requested_by`.
@@ -93,24 +95,35 @@ impl Store {
     pub async fn list(&self, filter: &JobFilter, limit: u64) -> Result<JobPage, Error> {
         let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1=1");
         let mut values: Vec<Value> = Vec::new();
-        let mut push = |sql: &mut String, col: &str, v: Value| {
+        fn push(sql: &mut String, values: &mut Vec<Value>, col: &str, v: Value) {
             values.push(v);
             sql.push_str(&format!(" AND {col} ${}", values.len()));
-        };
+        }
         if let Some(s) = filter.status {
-            push(&mut sql, "status =", s.as_str().into());
+            push(&mut sql, &mut values, "status =", s.as_str().into());
         }
         if let Some(a) = filter.action {
-            push(&mut sql, "action =", a.as_str().into());
+            push(&mut sql, &mut values, "action =", a.as_str().into());
+        }
+        if let Some(scope) = &filter.actions {
+            if scope.is_empty() {
+                return Ok(JobPage { items: Vec::new(), next: None });
+            }
+            let mut marks = Vec::with_capacity(scope.len());
+            for a in scope {
+                values.push(a.as_str().into());
+                marks.push(format!("${}", values.len()));
+            }
+            sql.push_str(&format!(" AND action IN ({})", marks.join(",")));
         }
         if let Some(t) = &filter.target {
-            push(&mut sql, "target =", t.clone().into());
+            push(&mut sql, &mut values, "target =", t.clone().into());
         }
         if let Some(r) = &filter.requested_by {
-            push(&mut sql, "requested_by =", r.clone().into());
+            push(&mut sql, &mut values, "requested_by =", r.clone().into());
         }
         if let Some(b) = filter.before {
-            push(&mut sql, "id <", b.0.into());
+            push(&mut sql, &mut values, "id <", b.0.into());
         }
         values.push(((limit + 1) as i64).into());
         sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", values.len()));
@@ -232,13 +245,7 @@ pub(super) async fn run_enqueue_writer(store: Store, mut rx: mpsc::Receiver<Enqu
             }
         }
         let requests = std::mem::take(&mut batch);
-        let results = match insert_batch(&store, &requests).await {
-            Ok(results) => results,
-            Err(e) => {
-                tracing::warn!(error = %e, error.cause = ?std::error::Error::source(&e), jobs = requests.len(), "enqueue batch failed");
-                requests.iter().map(|_| Err(e.clone())).collect()
-            }
-        };
+        let results = write_batch(&store, &requests).await;
         let created = results.iter().filter(|r| matches!(r, Ok(e) if e.created)).count();
         if created > 0 {
             store.add_pending_estimate(created as i64);
@@ -246,6 +253,39 @@ pub(super) async fn run_enqueue_writer(store: Store, mut rx: mpsc::Receiver<Enqu
         }
         for (req, res) in requests.into_iter().zip(results) {
             let _ = req.reply.send(res);
+        }
+    }
+}
+
+/// Commits a batch, or reports why it did not commit. Nothing here answers before the COMMIT
+/// has returned, so a 202 always means the row is on disk. A batch that fails for a reason
+/// that is not an outage (one request's row broke a constraint at COMMIT, say) is retried one
+/// request at a time, so one bad request cannot fail the others; an outage (full disk, database
+/// gone) fails the whole batch at once with a retryable error.
+async fn write_batch(store: &Store, requests: &[EnqueueRequest]) -> Vec<Result<Enqueued, Error>> {
+    let result = insert_batch(store, requests).await;
+    store.note_write(&result);
+    match result {
+        Ok(results) => results,
+        Err(e) if e.is_transient() || requests.len() == 1 => {
+            tracing::warn!(error = %e, error.cause = ?std::error::Error::source(&e), jobs = requests.len(), "enqueue batch failed; nothing of it was stored");
+            requests.iter().map(|_| Err(e.clone())).collect()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, error.cause = ?std::error::Error::source(&e), jobs = requests.len(), "enqueue batch failed; retrying its requests one by one");
+            let mut out = Vec::with_capacity(requests.len());
+            for one in requests.chunks(1) {
+                let result = insert_batch(store, one).await;
+                store.note_write(&result);
+                match result {
+                    Ok(mut r) => out.push(r.pop().unwrap_or_else(|| Err(Error::Internal("empty batch result".into())))),
+                    Err(e) => {
+                        tracing::warn!(error = %e, error.cause = ?std::error::Error::source(&e), "enqueue failed; nothing was stored");
+                        out.push(Err(e));
+                    }
+                }
+            }
+            out
         }
     }
 }

@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, Statement, Value};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, Statement, TransactionTrait, Value};
 use tokio::sync::{Notify, mpsc};
 
 pub use error::Error;
 pub use jobs::{Enqueued, JobFilter, JobPage};
-pub use queue::{ClaimedJob, Completion, LostJob, Outcome, QueueStats};
+pub use queue::{ClaimedJob, Completion, Held, LostJob, Outcome, QueueStats};
 
 use crate::config::Config;
 
@@ -65,37 +65,75 @@ struct Inner {
     closed: AtomicBool,
     /// Every migration this binary knows has been seen applied.
     migrated: AtomicBool,
+    /// Set when a write failed for want of room or of a database, cleared by the next write
+    /// that commits; readiness reports it (see `ready`).
+    write_health: std::sync::Mutex<WriteHealth>,
+}
+
+/// Whether writes currently work, as the last write attempt found.
+#[derive(Debug, Default)]
+struct WriteHealth {
+    /// Why the last write failed, while it did.
+    failing: Option<String>,
+    /// When readiness last tried a probe write.
+    last_probe: Option<std::time::Instant>,
+}
+
+/// What readiness found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Reads and writes work; every migration is applied.
+    Ready,
+    /// Migrations this binary needs are not applied yet.
+    MigrationsPending,
+    /// Writes fail (disk full, size cap, failed commits): new jobs would be refused.
+    WritesFailing(String),
 }
 
 impl Store {
     /// Connects, creating a SQLite file if missing. Does not migrate.
     pub async fn connect(config: &Config) -> Result<Self, Error> {
-        let url = config.database_url.expose();
+        let db_url = &config.database_url;
+        db_url.check().map_err(|e| Error::Other(sea_orm::DbErr::Custom(e)))?;
+        let url = db_url.expose();
+        let invalid = |e: sqlx::Error| {
+            Error::Other(sea_orm::DbErr::Custom(db_url.scrub(&format!("invalid DATABASE_URL {db_url}: {e}"))))
+        };
         let (backend, write, read) = if config.database_url.is_postgres() {
-            let opts = sqlx::postgres::PgConnectOptions::from_str(url)
-                .map_err(|e| Error::Other(sea_orm::DbErr::Custom(format!("invalid DATABASE_URL: {e}"))))?;
+            let (url, dropped) = db_url.for_driver();
+            for name in dropped {
+                tracing::warn!(parameter = %name, "DATABASE_URL parameter not supported by the PostgreSQL driver; ignored");
+            }
+            let opts = sqlx::postgres::PgConnectOptions::from_str(&url).map_err(invalid)?;
             let pool = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(config.db_max_connections)
                 .acquire_timeout(Duration::from_secs(5))
+                .after_release(|conn, _| Box::pin(async move { Ok(healthy_after_use(conn)) }))
                 .connect_lazy_with(opts);
             let db = sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(pool);
             (Backend::Postgres, db.clone(), db)
         } else {
             use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
             let opts = SqliteConnectOptions::from_str(url)
-                .map_err(|e| Error::Other(sea_orm::DbErr::Custom(format!("invalid DATABASE_URL: {e}"))))?
+                .map_err(invalid)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 // A job is on disk before its 202: FULL syncs the WAL at every commit.
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(30));
+            let mut write_opts = opts.clone();
+            if config.sqlite_max_size_mb > 0 {
+                // In pages of the default 4 KiB; SQLite answers SQLITE_FULL past it, as on a full disk.
+                write_opts = write_opts.pragma("max_page_count", (config.sqlite_max_size_mb * 256).to_string());
+            }
             // One writer: writes queue in the pool instead of failing with SQLITE_BUSY.
             let write_pool = SqlitePoolOptions::new()
                 .max_connections(1)
                 .min_connections(1)
                 .test_before_acquire(false)
                 .acquire_timeout(Duration::from_secs(30))
-                .connect_with(opts.clone())
+                .after_release(|conn, _| Box::pin(async move { Ok(healthy_after_use(conn)) }))
+                .connect_with(write_opts)
                 .await
                 .map_err(|e| Error::Unavailable(sea_orm::DbErr::Conn(sea_orm::RuntimeErr::SqlxError(Arc::new(e)))))?;
             let read_pool = SqlitePoolOptions::new()
@@ -135,6 +173,7 @@ impl Store {
                 max_pending: config.max_pending,
                 closed: AtomicBool::new(false),
                 migrated: AtomicBool::new(false),
+                write_health: std::sync::Mutex::new(WriteHealth::default()),
             }),
         };
         tokio::spawn(jobs::run_enqueue_writer(store.clone(), enqueue_rx));
@@ -148,17 +187,82 @@ impl Store {
         Ok(())
     }
 
-    /// True when the database answers and every migration is applied. Migrations only move
-    /// forward, so once all of them have been seen applied, a readiness probe is just a ping
-    /// (one cheap query instead of the migrator's table check and listing).
-    pub async fn ready(&self) -> Result<bool, Error> {
-        if self.inner.migrated.load(Ordering::Relaxed) {
-            self.ping().await?;
-            return Ok(true);
+    /// Whether the store can take new jobs: the database answers, every migration is applied,
+    /// and writes work. Migrations only move forward, so once all of them have been seen
+    /// applied, a probe is just a ping. While writes fail, at most once a second the probe tries
+    /// a small write of its own, so readiness comes back by itself once there is room again
+    /// even when no client is sending jobs (a load balancer sends none to an unready replica).
+    pub async fn ready(&self) -> Result<Health, Error> {
+        if !self.inner.migrated.load(Ordering::Relaxed) {
+            let done = Migrator::get_pending_migrations(&self.inner.read).await?.is_empty();
+            self.inner.migrated.store(done, Ordering::Relaxed);
+            if !done {
+                return Ok(Health::MigrationsPending);
+            }
         }
-        let done = Migrator::get_pending_migrations(&self.inner.read).await?.is_empty();
-        self.inner.migrated.store(done, Ordering::Relaxed);
-        Ok(done)
+        self.ping().await?;
+        let probe = {
+            let Ok(mut h) = self.inner.write_health.lock() else { return Ok(Health::Ready) };
+            match &h.failing {
+                None => return Ok(Health::Ready),
+                Some(why) if h.last_probe.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) => {
+                    return Ok(Health::WritesFailing(why.clone()));
+                }
+                Some(_) => {
+                    h.last_probe = Some(std::time::Instant::now());
+                    true
+                }
+            }
+        };
+        if probe {
+            let result = self.probe_write().await;
+            self.note_write(&result);
+            if let Err(e) = result {
+                return Ok(Health::WritesFailing(write_failure(&e)));
+            }
+        }
+        Ok(Health::Ready)
+    }
+
+    /// Writes (and commits) one small row of its own: does a write work now? The row is about
+    /// as large as a job with sizeable parameters, so "works" means "a job would fit".
+    async fn probe_write(&self) -> Result<(), Error> {
+        let txn = self.inner.write.begin().await?;
+        exec(
+            &txn,
+            self.stmt(
+                "INSERT INTO write_probe (id, at, pad) VALUES (1, $1, $2) ON CONFLICT (id) DO UPDATE SET at = excluded.at, pad = excluded.pad",
+                vec![now_us().into(), "x".repeat(8192).into()],
+            ),
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Records the outcome of a write for readiness: a write refused for want of room or of a
+    /// database marks writes as failing; any committed write clears that.
+    pub(crate) fn note_write<T>(&self, result: &Result<T, Error>) {
+        let failing = match result {
+            Ok(_) => None,
+            Err(e @ (Error::StorageFull(_) | Error::Unavailable(_))) => Some(write_failure(e)),
+            Err(_) => return,
+        };
+        if let Ok(mut h) = self.inner.write_health.lock() {
+            match (&h.failing, &failing) {
+                (None, Some(why)) => {
+                    tracing::error!(reason = %why, "database writes are failing; new jobs are refused with 503 until they work again")
+                }
+                (Some(_), None) => tracing::info!("database writes work again"),
+                _ => {}
+            }
+            if failing.is_some() {
+                // The probe waits a second after the latest failure: a small write that fits
+                // right after a big one failed says little.
+                h.last_probe = Some(std::time::Instant::now());
+            }
+            h.failing = failing;
+        }
     }
 
     /// Which backend this is.
@@ -199,6 +303,27 @@ impl Store {
 
     pub(crate) fn add_pending_estimate(&self, delta: i64) {
         self.inner.pending_estimate.fetch_add(delta, Ordering::Relaxed);
+    }
+}
+
+/// Decides, as a connection goes back to the pool, whether it may be used again. A connection
+/// whose transaction neither committed nor rolled back cleanly (a COMMIT that failed with a full
+/// disk, then a ROLLBACK that found no transaction) is closed: kept, its next BEGIN would become a
+/// SAVEPOINT inside a transaction that never commits, and every later write would be lost while
+/// looking committed. The pool opens a fresh connection instead.
+fn healthy_after_use<C: sqlx::Connection>(conn: &mut C) -> bool {
+    if conn.is_in_transaction() {
+        tracing::warn!("closing a database connection left inside a transaction");
+        return false;
+    }
+    true
+}
+
+fn write_failure(e: &Error) -> String {
+    match e {
+        Error::StorageFull(_) => "database storage is full (disk full or GATEWAY_SQLITE_MAX_SIZE_MB reached)".into(),
+        Error::Unavailable(_) => "database unavailable for writes".into(),
+        other => other.to_string(),
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::Value as Json;
 use uuid::Uuid;
 
 use super::jobs::{parse_action, parse_status};
-use super::{Backend, Error, Store, exec, get, now_us};
+use super::{Backend, Error, Store, get, now_us};
 use crate::jobs::{Action, JobId, JobStatus};
 
 /// A job handed to a worker, with the lease this process now holds on it.
@@ -81,6 +81,17 @@ pub struct LostJob {
     pub cancel_requested: bool,
 }
 
+/// A job whose lease a heartbeat extended.
+#[derive(Debug, Clone, Copy)]
+pub struct Held {
+    /// The job.
+    pub id: JobId,
+    /// The attempt the lease belongs to.
+    pub attempt: i32,
+    /// Whether a cancel was requested.
+    pub cancel_requested: bool,
+}
+
 /// Global queue figures, read from the database.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct QueueStats {
@@ -114,7 +125,13 @@ impl Store {
             .query_all_raw(
                 self.stmt(&sql, vec![owner.into(), (now + lease_us).into(), now.into(), (limit as i64).into()]),
             )
-            .await?;
+            .await
+            .map_err(Error::from);
+        // A claim of nothing writes nothing, so only a claim of something proves writes work.
+        if rows.as_ref().map_or(true, |r| !r.is_empty()) {
+            self.note_write(&rows);
+        }
+        let rows = rows?;
         let mut jobs = Vec::with_capacity(rows.len());
         for row in &rows {
             let attempt: i32 = get(row, "attempts")?;
@@ -133,9 +150,11 @@ impl Store {
         Ok(jobs)
     }
 
-    /// Extends the lease of every job `owner` runs, and returns the ids among them whose cancel
-    /// was requested (possibly through another replica).
-    pub async fn heartbeat(&self, owner: Uuid, lease_us: i64) -> Result<Vec<JobId>, Error> {
+    /// Extends the lease of every job `owner` still holds, and returns them: id, attempt, and
+    /// whether a cancel was requested (possibly through another replica). A job running here
+    /// that is missing from the answer was taken over (its lease expired and another process
+    /// recovered it): its attempt must stop.
+    pub async fn heartbeat(&self, owner: Uuid, lease_us: i64) -> Result<Vec<Held>, Error> {
         let until = now_us() + lease_us;
         // Rows are locked in id order, the same order `finish_batch` writes them in, so a
         // heartbeat and a completion batch of one process can never deadlock each other.
@@ -145,24 +164,31 @@ impl Store {
         };
         let sql = format!(
             "UPDATE jobs SET lease_until = $1 WHERE id IN \
-             (SELECT id FROM jobs WHERE lease_owner = $2 AND status = 'RUNNING' {lock})"
+             (SELECT id FROM jobs WHERE lease_owner = $2 AND status = 'RUNNING' {lock}) \
+             RETURNING id, attempts, cancel_requested"
         );
-        exec(&self.inner.write, self.stmt(&sql, vec![until.into(), owner.into()])).await?;
-        let rows = self
-            .inner
-            .write
-            .query_all_raw(self.stmt(
-                "SELECT id FROM jobs WHERE lease_owner = $1 AND status = 'RUNNING' AND cancel_requested",
-                vec![owner.into()],
-            ))
-            .await?;
-        rows.iter().map(|r| Ok(JobId(get::<Uuid>(r, "id")?))).collect()
+        let rows = self.inner.write.query_all_raw(self.stmt(&sql, vec![until.into(), owner.into()])).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Held {
+                    id: JobId(get::<Uuid>(r, "id")?),
+                    attempt: get(r, "attempts")?,
+                    cancel_requested: get(r, "cancel_requested")?,
+                })
+            })
+            .collect()
     }
 
     /// Writes a batch of finished attempts in one transaction, one statement per chunk. Returns,
     /// for each, the status it now has, or `None` when the fence refused it (the attempt was no
     /// longer current).
     pub async fn finish_batch(&self, batch: &[Completion]) -> Result<Vec<Option<JobStatus>>, Error> {
+        let result = self.write_finished(batch).await;
+        self.note_write(&result);
+        result
+    }
+
+    async fn write_finished(&self, batch: &[Completion]) -> Result<Vec<Option<JobStatus>>, Error> {
         let now = now_us();
         // Rows in id order (see `heartbeat`): the join visits them in that order.
         let mut order: Vec<usize> = (0..batch.len()).collect();
@@ -272,6 +298,55 @@ impl Store {
         };
         self.inner.pending_estimate.store(stats.pending, Ordering::Relaxed);
         Ok(stats)
+    }
+
+    /// Deletes up to `limit` finished jobs that finished before `cutoff` (µs), oldest first, with
+    /// their events, in one short transaction. Returns how many jobs were deleted. Replicas may
+    /// run this at once: on PostgreSQL each skips the rows another is deleting.
+    pub async fn purge_finished(&self, cutoff: i64, limit: usize) -> Result<u64, Error> {
+        let lock = match self.inner.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let txn = self.inner.write.begin().await?;
+        let rows = txn
+            .query_all_raw(self.stmt(
+                &format!(
+                    "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < $1 \
+                     AND status IN ('SUCCESS', 'FAILED', 'CANCELED') ORDER BY finished_at LIMIT $2 {lock}"
+                ),
+                vec![cutoff.into(), (limit as i64).into()],
+            ))
+            .await?;
+        let ids: Vec<Vec<Value>> =
+            rows.iter().map(|r| get::<Uuid>(r, "id").map(|id| vec![id.into()])).collect::<Result<_, _>>()?;
+        let n = ids.len() as u64;
+        if n > 0 {
+            let backend = self.inner.backend;
+            let row = if backend == Backend::Postgres { "(#::uuid)" } else { "(#)" };
+            super::values_in_chunks(&txn, backend, "DELETE FROM job_events WHERE job_id IN (", row, ")", ids.clone())
+                .await?;
+            super::values_in_chunks(&txn, backend, "DELETE FROM jobs WHERE id IN (", row, ")", ids).await?;
+        }
+        let result = txn.commit().await.map_err(Error::from);
+        if n > 0 {
+            self.note_write(&result);
+        }
+        result?;
+        Ok(n)
+    }
+
+    /// Bytes the database takes: the SQLite file's pages, or PostgreSQL's job tables with their
+    /// indexes and TOAST.
+    pub async fn database_size(&self) -> Result<i64, Error> {
+        let sql = match self.inner.backend {
+            Backend::Sqlite => "SELECT page_count * page_size AS n FROM pragma_page_count(), pragma_page_size()",
+            Backend::Postgres => {
+                "SELECT (pg_total_relation_size('jobs') + pg_total_relation_size('job_events'))::int8 AS n"
+            }
+        };
+        let row = self.inner.read.query_one_raw(self.stmt(sql, vec![])).await?;
+        row.map(|r| get::<i64>(&r, "n")).transpose().map(|n| n.unwrap_or(0))
     }
 
     /// A cheap query that succeeds when the database answers.

@@ -29,6 +29,14 @@ pub const CREATED: &str = "automation_jobs_created";
 pub const RETRIES: &str = "automation_job_retries";
 /// Jobs recovered from a dead or hung worker (exposed with `_total`).
 pub const LEASES_LOST: &str = "automation_job_leases_lost";
+/// Finished jobs deleted by retention (exposed with `_total`).
+pub const DELETED: &str = "automation_jobs_deleted";
+/// Size of the job tables (PostgreSQL) or of the database file (SQLite).
+pub const DB_SIZE: &str = "automation_database_size_bytes";
+/// Failed authentications, by reason (exposed with `_total`).
+pub const AUTH_FAILURES: &str = "automation_auth_failures";
+/// Connections closed at once because `GATEWAY_MAX_CONNECTIONS` were open (exposed with `_total`).
+pub const CONNECTIONS_REFUSED: &str = "automation_http_connections_refused";
 /// HTTP server request duration.
 pub const HTTP_DURATION: &str = "http_server_request_duration_seconds";
 
@@ -51,7 +59,34 @@ pub struct Metrics {
     created: Counter<u64>,
     retries: Counter<u64>,
     leases_lost: Counter<u64>,
+    deleted: Counter<u64>,
+    db_size: Gauge<i64>,
+    auth_failures: Counter<u64>,
+    connections_refused: Counter<u64>,
     http_duration: Histogram<f64>,
+}
+
+/// Why an authentication failed (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No usable `Authorization: Bearer` header.
+    Missing,
+    /// A token that matches no entry.
+    Unknown,
+    /// Refused without checking: this address failed too often.
+    RateLimited,
+}
+
+impl AuthFailure {
+    const ALL: [AuthFailure; 3] = [AuthFailure::Missing, AuthFailure::Unknown, AuthFailure::RateLimited];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Unknown => "unknown",
+            AuthFailure::RateLimited => "rate_limited",
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -116,6 +151,22 @@ impl Metrics {
                 .u64_counter(LEASES_LOST)
                 .with_description("Jobs whose worker died or hung (lease expired) and were recovered, by action.")
                 .build(),
+            deleted: meter
+                .u64_counter(DELETED)
+                .with_description("Finished jobs deleted by retention (GATEWAY_RETENTION_DAYS), with their events.")
+                .build(),
+            db_size: meter
+                .i64_gauge(DB_SIZE)
+                .with_description("Bytes used by the database: the SQLite file, or the job tables with their indexes on PostgreSQL.")
+                .build(),
+            auth_failures: meter
+                .u64_counter(AUTH_FAILURES)
+                .with_description("Requests refused for a missing or unknown token, or refused unchecked after too many failures from one address.")
+                .build(),
+            connections_refused: meter
+                .u64_counter(CONNECTIONS_REFUSED)
+                .with_description("Connections closed on arrival because GATEWAY_MAX_CONNECTIONS were open.")
+                .build(),
             http_duration: meter
                 .f64_histogram(HTTP_DURATION)
                 .with_description("HTTP request duration by method, route template and status, in seconds.")
@@ -132,6 +183,11 @@ impl Metrics {
             m.retries.add(0, &[action_label(action)]);
             m.leases_lost.add(0, &[action_label(action)]);
         }
+        for reason in AuthFailure::ALL {
+            m.auth_failures.add(0, &[KeyValue::new("reason", reason.as_str())]);
+        }
+        m.deleted.add(0, &[]);
+        m.connections_refused.add(0, &[]);
         m.running.add(0, &[]);
         m.queue_depth.record(0, &[]);
         m.oldest_pending.record(0.0, &[]);
@@ -178,6 +234,26 @@ impl Metrics {
     pub fn queue_sampled(&self, pending: i64, oldest_age: Duration) {
         self.queue_depth.record(pending, &[]);
         self.oldest_pending.record(oldest_age.as_secs_f64(), &[]);
+    }
+
+    /// Retention deleted `n` finished jobs.
+    pub fn jobs_deleted(&self, n: u64) {
+        self.deleted.add(n, &[]);
+    }
+
+    /// The database's size in bytes.
+    pub fn database_size(&self, bytes: i64) {
+        self.db_size.record(bytes, &[]);
+    }
+
+    /// A request failed authentication.
+    pub fn auth_failed(&self, reason: AuthFailure) {
+        self.auth_failures.add(1, &[KeyValue::new("reason", reason.as_str())]);
+    }
+
+    /// A connection was closed on arrival (connection cap).
+    pub fn connection_refused(&self) {
+        self.connections_refused.add(1, &[]);
     }
 
     /// One HTTP request served.

@@ -21,7 +21,7 @@ fn tokens_yaml() -> String {
         "tokens:\n\
          - name: admin\n  sha256: \"{}\"\n  actions: [\"*\"]\n  can_read: true\n  can_cancel: true\n\
          - name: ci-bot\n  sha256: \"{}\"\n  actions: [health_check]\n  can_read: false\n  can_cancel: false\n\
-         - name: reader\n  sha256: \"{}\"\n  actions: []\n  can_read: true\n  can_cancel: false\n",
+         - name: reader\n  sha256: \"{}\"\n  actions: []\n  scope: [\"*\"]\n  can_read: true\n  can_cancel: false\n",
         sha(ADMIN),
         sha(CI),
         sha(READER)

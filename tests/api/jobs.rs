@@ -318,7 +318,10 @@ async fn metrics_equal_the_jobs_finished(backend: Backend) {
     assert_eq!(value(&samples, "automation_jobs_created_total", &[("action", "restart_service")]), Some(5.0));
     // The business series carry exactly their own labels.
     for s in samples.iter().filter(|s| s.name.starts_with("automation_")) {
-        assert!(s.labels.keys().all(|k| k == "action" || k == "status" || k == "le"), "extra labels on {s:?}");
+        assert!(
+            s.labels.keys().all(|k| k == "action" || k == "status" || k == "le" || k == "reason"),
+            "extra labels on {s:?}"
+        );
     }
     assert!(!samples.iter().any(|s| s.name == "target_info"));
     assert!(samples.iter().any(|s| s.name == "http_server_request_duration_seconds_count"

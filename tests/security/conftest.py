@@ -147,3 +147,81 @@ def log_dir(tmp_path_factory) -> Path:
     os.environ[LOG_DIR_ENV] = str(d)
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+# --- helpers of test_input_strict.py, test_auth_hardening.py and test_secrets.py -----------------
+
+PG_HOST = "127.0.0.1"
+PG_PORT = 5432
+
+
+def tokens_yaml(entries: list[dict]) -> str:
+    """A tokens file: each entry has name, actions and either `token` (hashed here) or `sha256`."""
+    out = ["tokens:"]
+    for e in entries:
+        digest = e["sha256"] if "sha256" in e else sha256_hex(e["token"])
+        actions = ", ".join(f'"{a}"' for a in e.get("actions", ["*"]))
+        out += [
+            f"  - name: {e['name']}",
+            f'    sha256: "{digest}"',
+            f"    actions: [{actions}]",
+            f"    can_read: {str(e.get('can_read', True)).lower()}",
+            f"    can_cancel: {str(e.get('can_cancel', True)).lower()}",
+        ]
+    return "\n".join(out) + "\n"
+
+
+def replace_file(path: Path, text: str | bytes) -> None:
+    """Write `text` next to `path` and rename it into place (the reloader never sees half a file)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp.write_bytes(text.encode() if isinstance(text, str) else text)
+    os.replace(tmp, path)
+
+
+def start_with_tokens_file(workdir: Path, name: str, text: str, extra_env: dict | None = None) -> Service:
+    """Start the service with the tokens file `text` (workdir/tokens.yaml). The log is `{name}.log`
+    (not `*.tokens.log`: test_z_token_leak.py only reads the logs of its own suites)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    tf = workdir / "tokens.yaml"
+    tf.write_text(text)
+    return start_service(workdir, name, tokens=False, extra_env={"GATEWAY_AUTH_TOKENS_FILE": str(tf), **(extra_env or {})})
+
+
+def log_offset(svc: Service) -> int:
+    return svc.log_path.stat().st_size
+
+
+def log_records(svc: Service, offset: int = 0) -> list[dict]:
+    """The service's log lines from byte `offset` on, parsed (a non-JSON line becomes {"_raw": line})."""
+    import json
+
+    with open(svc.log_path, "rb") as f:
+        f.seek(offset)
+        data = f.read().decode("utf-8", "replace")
+    out = []
+    for ln in data.splitlines():
+        try:
+            rec = json.loads(ln)
+            out.append(rec if isinstance(rec, dict) else {"_raw": ln})
+        except ValueError:
+            if ln.strip():
+                out.append({"_raw": ln})
+    return out
+
+
+def clean_env() -> dict:
+    """The environment start_service gives the binary, without its settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_") and k not in ("DATABASE_URL", "RUST_LOG", "LOKI_URL", "OTEL_EXPORTER_OTLP_ENDPOINT")}
+
+
+def pg_create_db() -> str:
+    """A fresh PostgreSQL database on 127.0.0.1 (trust auth, user postgres); returns its name."""
+    name = "ag_sec_" + secrets.token_hex(6)
+    r = subprocess.run(["createdb", "-h", PG_HOST, "-p", str(PG_PORT), "-U", "postgres", name], capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        pytest.fail(f"createdb {name} failed: {r.stderr}", pytrace=False)
+    return name
+
+
+def pg_drop_db(name: str) -> None:
+    subprocess.run(["dropdb", "-h", PG_HOST, "-p", str(PG_PORT), "-U", "postgres", "--if-exists", "--force", name], capture_output=True, text=True, timeout=30)

@@ -20,6 +20,7 @@ class RawResult:
     error: str | None
     elapsed: float
     sent: int
+    answered_after: float | None = None  # seconds from the start to a complete answer head (and sized body)
 
     def json(self):
         return json.loads(self.body)
@@ -48,12 +49,15 @@ def _parse(buf: bytes):
     return status, headers, body
 
 
-def request(host: str, port: int, head: bytes, body_chunks=(), timeout: float = 30.0, chunk_delay: float = 0.0) -> RawResult:
+def request(host: str, port: int, head: bytes, body_chunks=(), timeout: float = 30.0, chunk_delay: float = 0.0,
+            close_wait: float = 1.0, source_address: tuple | None = None) -> RawResult:
     """Send `head` (request line + headers + blank line, as bytes) then every chunk of `body_chunks`,
-    reading the answer as soon as one arrives. Stops sending on an answer, a close or the deadline."""
+    reading the answer as soon as one arrives. Stops sending on an answer, a close or the deadline.
+    After a complete answer, waits up to `close_wait` seconds to see whether the server closes."""
     t0 = time.monotonic()
     deadline = t0 + timeout
-    s = socket.create_connection((host, port), timeout=min(timeout, 10))
+    answered_after = None
+    s = socket.create_connection((host, port), timeout=min(timeout, 10), source_address=source_address)
     s.setblocking(False)
     buf = b""
     closed = False
@@ -97,9 +101,10 @@ def request(host: str, port: int, head: bytes, body_chunks=(), timeout: float = 
                     buf += data
                     if _parse(buf) is not None:
                         # A complete answer: stop uploading; see whether the server closes.
+                        answered_after = time.monotonic() - t0
                         cur, done_sending = b"", True
                         s.setblocking(True)
-                        s.settimeout(1.0)
+                        s.settimeout(max(close_wait, 0.001))
                         try:
                             more = s.recv(65536)
                             closed = more == b""
@@ -141,14 +146,79 @@ def request(host: str, port: int, head: bytes, body_chunks=(), timeout: float = 
             status = int(head_part.split(b" ", 2)[1])
         except (IndexError, ValueError):
             status = None
-        return RawResult(status, {}, buf, closed, error, time.monotonic() - t0, sent)
+        return RawResult(status, {}, buf, closed, error, time.monotonic() - t0, sent, answered_after)
     if parsed is None:
-        return RawResult(None, {}, b"", closed, error, time.monotonic() - t0, sent)
+        return RawResult(None, {}, b"", closed, error, time.monotonic() - t0, sent, answered_after)
     status, headers, body = parsed
-    return RawResult(status, headers, body, closed, error, time.monotonic() - t0, sent)
+    return RawResult(status, headers, body, closed, error, time.monotonic() - t0, sent, answered_after)
 
 
 def head_bytes(method: str, path: str, headers: dict | list) -> bytes:
     items = headers.items() if isinstance(headers, dict) else headers
     lines = [f"{method} {path} HTTP/1.1"] + [f"{k}: {v}" for k, v in items]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class KeepAlive:
+    """A minimal keep-alive HTTP/1.1 client for floods: one request at a time on one socket,
+    reconnecting when the server closes. `get` returns (status, headers) or raises OSError."""
+
+    def __init__(self, host: str, port: int, timeout: float = 5.0, source_address: tuple | None = None):
+        self.host, self.port, self.timeout, self.source_address = host, port, timeout, source_address
+        self.sock = None
+        self.buf = b""
+
+    def _connect(self):
+        self.close()
+        self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout, source_address=self.source_address)
+        self.buf = b""
+
+    def close(self):
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock = None
+
+    def request(self, raw: bytes):
+        for attempt in (0, 1):
+            if self.sock is None:
+                self._connect()
+            try:
+                self.sock.sendall(raw)
+                return self._read()
+            except (ConnectionResetError, BrokenPipeError, _ClosedBeforeAnswer):
+                # A connection the server closed between requests: retry once on a new one.
+                self.close()
+                if attempt:
+                    raise
+        raise OSError("unreachable")
+
+    def _read(self):
+        while b"\r\n\r\n" not in self.buf:
+            d = self.sock.recv(65536)
+            if not d:
+                raise _ClosedBeforeAnswer()
+            self.buf += d
+        head, _, rest = self.buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for ln in lines[1:]:
+            k, _, v = ln.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        n = int(headers.get("content-length", "0"))
+        while len(rest) < n:
+            d = self.sock.recv(65536)
+            if not d:
+                break
+            rest += d
+        self.buf = rest[n:]
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, headers
+
+
+class _ClosedBeforeAnswer(OSError):
+    pass

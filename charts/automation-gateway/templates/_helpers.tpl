@@ -121,6 +121,14 @@ combination fails every render with a clear message.
   value: {{ .Values.config.shutdownGraceSecs | quote }}
 - name: GATEWAY_LEASE_SECS
   value: {{ .Values.config.leaseSecs | quote }}
+- name: GATEWAY_RETENTION_DAYS
+  value: {{ .Values.config.retentionDays | quote }}
+- name: GATEWAY_MAX_CONNECTIONS
+  value: {{ .Values.config.maxConnections | quote }}
+{{- if .Values.config.sqliteMaxSizeMb }}
+- name: GATEWAY_SQLITE_MAX_SIZE_MB
+  value: {{ .Values.config.sqliteMaxSizeMb | quote }}
+{{- end }}
 {{- if .Values.config.workers }}
 - name: GATEWAY_WORKERS
   value: {{ .Values.config.workers | quote }}
