@@ -10,7 +10,8 @@ use crate::api;
 use crate::auth::{Authenticator, RateLimiter};
 use crate::config::Config;
 use crate::executor::Executor;
-use crate::executor::runners::{Runners, SimulatedRunner};
+use crate::executor::runners::SimulatedRunner;
+use crate::executor::{ActionCatalog, CatalogError};
 use crate::server;
 use crate::store::{self, Store};
 use crate::telemetry::Metrics;
@@ -31,6 +32,9 @@ pub enum AppError {
     /// The tokens file is unusable.
     #[error(transparent)]
     Auth(#[from] crate::auth::Error),
+    /// The actions catalog is inconsistent.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
 }
 
 /// A built application, ready to serve.
@@ -39,16 +43,32 @@ pub struct App {
     store: Store,
     metrics: Arc<Metrics>,
     executor: Arc<Executor>,
+    catalog: ActionCatalog,
     accepting: Arc<AtomicBool>,
     auth: Authenticator,
 }
 
 impl App {
-    /// Connects to the database, applies migrations, and starts the executor.
+    /// The built-in actions catalog, on the simulated runner, with the configured policy
+    /// overrides.
+    pub fn built_in_catalog(config: &Config) -> Result<ActionCatalog, AppError> {
+        let e = &config.executor;
+        let runner = Arc::new(SimulatedRunner::new(e.sim_duration_ms, e.sim_failure_rate));
+        Ok(ActionCatalog::built_in(runner, &e.action_policy)?)
+    }
+
+    /// Connects to the database, applies migrations, and starts the executor, with the
+    /// built-in actions.
     pub async fn build(config: Config) -> Result<Self, AppError> {
-        let auth = match &config.auth_tokens_file {
+        let catalog = Self::built_in_catalog(&config)?;
+        Self::build_with(config, catalog).await
+    }
+
+    /// `build`, with these actions.
+    pub async fn build_with(config: Config, catalog: ActionCatalog) -> Result<Self, AppError> {
+        let auth = match &config.http.auth_tokens_file {
             Some(path) => {
-                let auth = Authenticator::from_file(path)?;
+                let auth = Authenticator::from_file(path, &catalog.actions())?;
                 tracing::info!(tokens = auth.token_count(), file = %path.display(), "authentication enabled");
                 if auth.token_count() == 0 {
                     tracing::warn!(file = %path.display(), "the tokens file lists no token: every request is refused");
@@ -62,12 +82,12 @@ impl App {
                 Authenticator::open()
             }
         };
-        let store = Store::connect(&config).await?;
+        let store = Store::connect(&config.store).await?;
         store.migrate().await?;
-        let metrics = Arc::new(Metrics::new()?);
-        let runners = Runners::all(Arc::new(SimulatedRunner::new(config.sim_duration_ms, config.sim_failure_rate)));
-        let executor = Arc::new(Executor::start(store.clone(), metrics.clone(), runners, &config).await?);
-        Ok(Self { config, store, metrics, executor, accepting: Arc::new(AtomicBool::new(true)), auth })
+        let metrics = Arc::new(Metrics::new(&catalog.actions())?);
+        let executor =
+            Arc::new(Executor::start(store.clone(), metrics.clone(), catalog.clone(), &config.executor).await?);
+        Ok(Self { config, store, metrics, executor, catalog, accepting: Arc::new(AtomicBool::new(true)), auth })
     }
 
     /// Serves on `listener` until `shutdown` resolves, then shuts down in order: readiness
@@ -83,23 +103,24 @@ impl App {
         let state = api::State {
             store: self.store.clone(),
             executor: self.executor.clone(),
+            catalog: self.catalog.clone(),
             metrics: self.metrics.clone(),
             accepting: self.accepting.clone(),
             auth: self.auth.clone(),
-            limiter: Arc::new(RateLimiter::new(self.config.rate_limit, self.config.rate_limit_burst)),
+            limiter: Arc::new(RateLimiter::new(self.config.http.rate_limit, self.config.http.rate_limit_burst)),
             failures: Arc::new(RateLimiter::new(api::auth::FAILURES_PER_SEC, api::auth::FAILURES_BURST)),
             failure_log: Arc::new(crate::auth::LogBudget::new(10)),
-            metrics_require_token: self.config.metrics_require_token,
+            metrics_require_token: self.config.http.metrics_require_token,
         };
         let routes = api::routes(
             state,
-            self.config.max_body_bytes as usize,
-            Duration::from_secs(self.config.request_timeout_secs),
+            self.config.http.max_body_bytes as usize,
+            Duration::from_secs(self.config.http.request_timeout_secs),
         );
         let reload = tokio::spawn(reload_tokens(self.auth.clone()));
         let accepting = self.accepting.clone();
         let store = self.store.clone();
-        let delay = Duration::from_millis(self.config.shutdown_delay_ms);
+        let delay = Duration::from_millis(self.config.http.shutdown_delay_ms);
         let signal = async move {
             shutdown.await;
             tracing::info!(delay_ms = delay.as_millis() as u64, "shutdown requested: readiness now fails");
@@ -110,8 +131,8 @@ impl App {
             store.close_for_writes();
         };
         let limits = server::Limits {
-            header_timeout: Duration::from_secs(self.config.header_timeout_secs),
-            max_connections: self.config.max_connections as usize,
+            header_timeout: Duration::from_secs(self.config.http.header_timeout_secs),
+            max_connections: self.config.http.max_connections as usize,
         };
         server::raise_open_files_limit();
         server::serve(listener, routes, limits, self.metrics.clone(), signal).await;

@@ -128,7 +128,8 @@ pub struct Tokens {
 
 impl Tokens {
     /// Parses a tokens file's text.
-    pub fn parse(path: &Path, text: &str) -> Result<Self, Error> {
+    /// `known` is the catalog's actions: a token may name only those.
+    pub fn parse(path: &Path, text: &str, known: &[Action]) -> Result<Self, Error> {
         let invalid = |reason: String| Error::Invalid { path: path.to_owned(), reason };
         // An emptied file revokes every token, as `tokens: []` does (fail closed).
         if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
@@ -152,7 +153,15 @@ impl Tokens {
                     return Ok(None);
                 }
                 list.iter()
-                    .map(|a| a.parse::<Action>().map_err(|err| invalid(format!("tokens[{i}] ({name}): {err}"))))
+                    .map(|a| {
+                        known.iter().copied().find(|k| k.as_str() == a).ok_or_else(|| {
+                            let names: Vec<&str> = known.iter().map(|k| k.as_str()).collect();
+                            invalid(format!(
+                                "tokens[{i}] ({name}): unknown action '{a}'; actions: {}",
+                                names.join(", ")
+                            ))
+                        })
+                    })
                     .collect::<Result<Vec<_>, _>>()
                     .map(Some)
             };
@@ -180,8 +189,8 @@ impl Tokens {
     }
 
     /// Reads and parses a tokens file, refusing one over `MAX_FILE_BYTES` unread.
-    pub fn load(path: &Path) -> Result<Self, Error> {
-        Self::parse(path, &read_capped(path)?)
+    pub fn load(path: &Path, known: &[Action]) -> Result<Self, Error> {
+        Self::parse(path, &read_capped(path)?, known)
     }
 
     /// The identity a presented token belongs to. The token is hashed, and the hash compared
@@ -227,6 +236,8 @@ pub struct Authenticator {
 
 struct Reloading {
     path: PathBuf,
+    /// The catalog's actions, which tokens may name.
+    known: Vec<Action>,
     tokens: RwLock<Arc<Tokens>>,
     /// The file as last examined (`None`: missing), so an unchanged file is not read again and
     /// a bad one is reported once, not at every check.
@@ -285,12 +296,13 @@ impl Authenticator {
     }
 
     /// Loads the tokens file; fails on a missing, unreadable, oversized or invalid file.
-    pub fn from_file(path: &Path) -> Result<Self, Error> {
+    pub fn from_file(path: &Path, known: &[Action]) -> Result<Self, Error> {
         let stamp = std::fs::metadata(path).map(|m| Stamp::of(&m)).ok();
-        let tokens = Tokens::load(path)?;
+        let tokens = Tokens::load(path, known)?;
         Ok(Self {
             inner: Some(Arc::new(Reloading {
                 path: path.to_owned(),
+                known: known.to_vec(),
                 tokens: RwLock::new(Arc::new(tokens)),
                 seen: Mutex::new(Some(stamp)),
             })),
@@ -335,7 +347,7 @@ impl Authenticator {
         }
         let tokens = match stamp {
             None => Tokens { tokens: Vec::new() },
-            Some(_) => match Tokens::load(&r.path) {
+            Some(_) => match Tokens::load(&r.path, &r.known) {
                 Ok(t) => t,
                 Err(e) => return Reload::Refused(e),
             },
@@ -375,6 +387,11 @@ impl RateLimiter {
     /// `rate` 0 disables the limit.
     pub fn new(rate: u32, burst: u32) -> Self {
         Self { rate: f64::from(rate), burst: f64::from(burst.max(1)), buckets: Mutex::new(HashMap::new()) }
+    }
+
+    /// False when the limit is off (rate 0).
+    pub fn enabled(&self) -> bool {
+        self.rate > 0.0
     }
 
     /// Takes one request from the key's bucket; `Err(wait)` when it is empty.
@@ -453,15 +470,23 @@ mod tests {
         )
     }
 
+    fn known() -> Vec<Action> {
+        ["restart_service", "rotate_config", "health_check"].into_iter().map(|n| Action::new(n).unwrap()).collect()
+    }
+
+    fn action(name: &str) -> Action {
+        Action::new(name).unwrap()
+    }
+
     #[test]
     fn a_token_maps_to_its_identity_and_rights() {
-        let t = Tokens::parse(Path::new("t.yaml"), &file("secret-1")).unwrap();
+        let t = Tokens::parse(Path::new("t.yaml"), &file("secret-1"), &known()).unwrap();
         let id = t.authenticate("secret-1").unwrap();
         assert_eq!(id.name, "ci-bot");
-        assert!(id.may_create(Action::HealthCheck));
-        assert!(!id.may_create(Action::RestartService));
+        assert!(id.may_create(action("health_check")));
+        assert!(!id.may_create(action("restart_service")));
         assert!(id.may_read() && !id.may_cancel());
-        assert!(t.authenticate("admin-token").unwrap().may_create(Action::RestartService));
+        assert!(t.authenticate("admin-token").unwrap().may_create(action("restart_service")));
         assert!(t.authenticate("secret-2").is_none());
         assert!(t.authenticate("").is_none());
     }
@@ -474,11 +499,11 @@ mod tests {
             ("tokens: [{name: a, sha256: abcd, actions: [], can_delete: true}]", "unknown field"),
         ];
         for (text, why) in bad {
-            let err = Tokens::parse(Path::new("t.yaml"), text).err().unwrap().to_string();
+            let err = Tokens::parse(Path::new("t.yaml"), text, &known()).err().unwrap().to_string();
             assert!(err.contains(why), "{err}");
         }
         let unknown_action = format!("tokens: [{{name: a, sha256: \"{}\", actions: [reboot]}}]", "0".repeat(64));
-        assert!(Tokens::parse(Path::new("t.yaml"), &unknown_action).is_err());
+        assert!(Tokens::parse(Path::new("t.yaml"), &unknown_action, &known()).is_err());
     }
 
     #[test]
@@ -488,7 +513,7 @@ mod tests {
             "tokens:\n  - {{name: a, sha256: \"{h}\", actions: [health_check]}}\n  - {{name: b, sha256: \"{}\", actions: [\"*\"], can_cancel: true}}\n",
             h.to_uppercase()
         );
-        let err = Tokens::parse(Path::new("t.yaml"), &text).err().expect("refused").to_string();
+        let err = Tokens::parse(Path::new("t.yaml"), &text, &known()).err().expect("refused").to_string();
         assert!(err.contains("duplicate sha256"), "{err}");
     }
 
@@ -499,17 +524,17 @@ mod tests {
             hex::encode(Sha256::digest(b"ci")),
             hex::encode(Sha256::digest(b"audit"))
         );
-        let t = Tokens::parse(Path::new("t.yaml"), &text).unwrap();
+        let t = Tokens::parse(Path::new("t.yaml"), &text, &known()).unwrap();
         let ci = t.authenticate("ci").unwrap();
-        assert!(ci.in_scope(Action::HealthCheck) && !ci.in_scope(Action::RestartService));
+        assert!(ci.in_scope(action("health_check")) && !ci.in_scope(action("restart_service")));
         let audit = t.authenticate("audit").unwrap();
-        assert!(audit.in_scope(Action::RestartService) && !audit.may_create(Action::RestartService));
+        assert!(audit.in_scope(action("restart_service")) && !audit.may_create(action("restart_service")));
     }
 
     #[test]
     fn an_emptied_file_revokes_every_token() {
         for text in ["", "  \n", "# nothing here\n", "tokens: []"] {
-            assert!(Tokens::parse(Path::new("t.yaml"), text).expect("valid").is_empty(), "{text:?}");
+            assert!(Tokens::parse(Path::new("t.yaml"), text, &known()).expect("valid").is_empty(), "{text:?}");
         }
     }
 
@@ -518,7 +543,7 @@ mod tests {
         let dir = tempfile_dir();
         let path = dir.join("tokens.yaml");
         std::fs::write(&path, file("secret-1")).unwrap();
-        let auth = Authenticator::from_file(&path).unwrap();
+        let auth = Authenticator::from_file(&path, &known()).unwrap();
         assert!(auth.identify(Some("secret-1")).is_ok());
         assert!(matches!(auth.reload(), Reload::Unchanged));
         std::fs::remove_file(&path).unwrap();

@@ -37,7 +37,7 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 }
 
 fn init(config: &Config) -> anyhow::Result<telemetry::TelemetryGuard> {
-    let guard = telemetry::init_logs(config)?;
+    let guard = telemetry::init_logs(&config.telemetry)?;
     for name in Config::unknown_env_vars() {
         tracing::warn!(variable = %name, "unknown GATEWAY_* environment variable ignored (typo?)");
     }
@@ -47,7 +47,7 @@ fn init(config: &Config) -> anyhow::Result<telemetry::TelemetryGuard> {
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
     let guard = init(config)?;
-    let store = Store::connect(config).await?;
+    let store = Store::connect(&config.store).await?;
     store.migrate().await?;
     tracing::info!("migrations applied");
     store.close().await;
@@ -57,9 +57,9 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let guard = init(&config)?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.http.listen))?;
     let app = App::build(config).await?;
     app.run(listener, automation_gateway::shutdown_signal()).await?;
     // The batch exporter's thread flushes the last spans here.

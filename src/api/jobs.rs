@@ -12,8 +12,9 @@ use uuid::Uuid;
 
 use super::auth::{Caller, Need};
 use super::json::JsonOut;
-use super::model::{ActionOut, CreateJobRequest, JobAccepted, JobEventOut, JobOut, JobPage, JobStatusOut};
+use super::model::{CreateJobRequest, JobAccepted, JobEventOut, JobOut, JobPage, JobStatusOut};
 use super::problem::{Problem, RETRY_AFTER_SECS};
+use super::responses::problem_responses;
 use super::strict::StrictJson;
 use super::{ApiTags, State};
 use crate::auth::Identity;
@@ -35,135 +36,45 @@ pub enum CreateResponse {
     Accepted(Json<JobAccepted>, #[oai(header = "Location")] String),
 }
 
-/// Errors of `POST /v1/jobs`.
-#[derive(ApiResponse, Debug)]
-pub enum CreateError {
-    /// Malformed JSON, a wrong type, a missing field or a field over its length limit.
-    #[oai(status = 400, content_type = "application/problem+json")]
-    BadRequest(Json<Problem>),
-    /// No bearer token, or an unknown one (authentication is on).
-    #[oai(status = 401, content_type = "application/problem+json")]
-    Unauthorized(Json<Problem>, #[oai(header = "WWW-Authenticate")] String),
-    /// The token may not trigger this action.
-    #[oai(status = 403, content_type = "application/problem+json")]
-    Forbidden(Json<Problem>),
-    /// The `Idempotency-Key` was already used with a different request.
-    #[oai(status = 409, content_type = "application/problem+json")]
-    Conflict(Json<Problem>),
-    /// The body did not arrive within the request timeout.
-    #[oai(status = 408, content_type = "application/problem+json")]
-    RequestTimeout(Json<Problem>),
-    /// The body is larger than the limit.
-    #[oai(status = 413, content_type = "application/problem+json")]
-    PayloadTooLarge(Json<Problem>),
-    /// The body is not `application/json`.
-    #[oai(status = 415, content_type = "application/problem+json")]
-    UnsupportedMediaType(Json<Problem>),
-    /// Unknown action (the supported ones are listed) or an invalid field.
-    #[oai(status = 422, content_type = "application/problem+json")]
-    Unprocessable(Json<Problem>),
-    /// The queue is full, or this identity's rate limit is reached: retry after `Retry-After`.
-    #[oai(status = 429, content_type = "application/problem+json")]
-    TooMany(Json<Problem>, #[oai(header = "Retry-After")] u32),
-    /// An unexpected error (details in the service log).
-    #[oai(status = 500, content_type = "application/problem+json")]
-    Internal(Json<Problem>),
-    /// The database is unavailable or the service is shutting down: retry after `Retry-After`.
-    #[oai(status = 503, content_type = "application/problem+json")]
-    Unavailable(Json<Problem>, #[oai(header = "Retry-After")] u32),
-}
-
-impl From<Problem> for CreateError {
-    fn from(p: Problem) -> Self {
-        match p.status {
-            400 => Self::BadRequest(Json(p)),
-            401 => Self::Unauthorized(Json(p), BEARER.into()),
-            403 => Self::Forbidden(Json(p)),
-            408 => Self::RequestTimeout(Json(p)),
-            409 => Self::Conflict(Json(p)),
-            413 => Self::PayloadTooLarge(Json(p)),
-            415 => Self::UnsupportedMediaType(Json(p)),
-            422 => Self::Unprocessable(Json(p)),
-            429 => Self::TooMany(Json(p), RETRY_AFTER_SECS),
-            503 => Self::Unavailable(Json(p), RETRY_AFTER_SECS),
-            _ => Self::Internal(Json(Problem::internal())),
-        }
+problem_responses! {
+    /// Errors of `POST /v1/jobs`.
+    CreateError {
+        400 BadRequest => "Malformed JSON, a wrong type, a missing field or a field over its length limit.",
+        401 Unauthorized ["WWW-Authenticate": String = BEARER.into()] => "No bearer token, or an unknown one (authentication is on).",
+        403 Forbidden => "The token may not trigger this action.",
+        409 Conflict => "The `Idempotency-Key` was already used with a different request.",
+        408 RequestTimeout => "The body did not arrive within the request timeout.",
+        413 PayloadTooLarge => "The body is larger than the limit.",
+        415 UnsupportedMediaType => "The body is not `application/json`.",
+        422 Unprocessable => "Unknown action (the supported ones are listed) or an invalid field.",
+        429 TooMany ["Retry-After": u32 = RETRY_AFTER_SECS] => "The queue is full, or this identity's rate limit is reached: retry after `Retry-After`.",
+        500 Internal => "An unexpected error (details in the service log).",
+        503 Unavailable ["Retry-After": u32 = RETRY_AFTER_SECS] => "The database is unavailable or the service is shutting down: retry after `Retry-After`.",
     }
 }
 
-/// Errors of `GET /v1/jobs/{job_id}` and `GET /v1/jobs/{job_id}/events`.
-#[derive(ApiResponse, Debug)]
-pub enum GetError {
-    /// The id is not a UUID.
-    #[oai(status = 400, content_type = "application/problem+json")]
-    BadRequest(Json<Problem>),
-    /// No bearer token, or an unknown one (authentication is on).
-    #[oai(status = 401, content_type = "application/problem+json")]
-    Unauthorized(Json<Problem>, #[oai(header = "WWW-Authenticate")] String),
-    /// The token may not read jobs.
-    #[oai(status = 403, content_type = "application/problem+json")]
-    Forbidden(Json<Problem>),
-    /// No job with that id.
-    #[oai(status = 404, content_type = "application/problem+json")]
-    NotFound(Json<Problem>),
-    /// This identity's rate limit is reached: retry after `Retry-After` seconds.
-    #[oai(status = 429, content_type = "application/problem+json")]
-    TooMany(Json<Problem>, #[oai(header = "Retry-After")] u32),
-    /// An unexpected error (details in the service log).
-    #[oai(status = 500, content_type = "application/problem+json")]
-    Internal(Json<Problem>),
-    /// The database is unavailable: retry after `Retry-After` seconds.
-    #[oai(status = 503, content_type = "application/problem+json")]
-    Unavailable(Json<Problem>, #[oai(header = "Retry-After")] u32),
-}
-
-impl From<Problem> for GetError {
-    fn from(p: Problem) -> Self {
-        match p.status {
-            400 => Self::BadRequest(Json(p)),
-            401 => Self::Unauthorized(Json(p), BEARER.into()),
-            403 => Self::Forbidden(Json(p)),
-            404 => Self::NotFound(Json(p)),
-            429 => Self::TooMany(Json(p), RETRY_AFTER_SECS),
-            503 => Self::Unavailable(Json(p), RETRY_AFTER_SECS),
-            _ => Self::Internal(Json(Problem::internal())),
-        }
+problem_responses! {
+    /// Errors of `GET /v1/jobs/{job_id}` and `GET /v1/jobs/{job_id}/events`.
+    GetError {
+        400 BadRequest => "The id is not a UUID.",
+        401 Unauthorized ["WWW-Authenticate": String = BEARER.into()] => "No bearer token, or an unknown one (authentication is on).",
+        403 Forbidden => "The token may not read jobs.",
+        404 NotFound => "No job with that id.",
+        429 TooMany ["Retry-After": u32 = RETRY_AFTER_SECS] => "This identity's rate limit is reached: retry after `Retry-After` seconds.",
+        500 Internal => "An unexpected error (details in the service log).",
+        503 Unavailable ["Retry-After": u32 = RETRY_AFTER_SECS] => "The database is unavailable: retry after `Retry-After` seconds.",
     }
 }
 
-/// Errors of `GET /v1/jobs`.
-#[derive(ApiResponse, Debug)]
-pub enum ListError {
-    /// A filter, `limit` or `cursor` is invalid.
-    #[oai(status = 400, content_type = "application/problem+json")]
-    BadRequest(Json<Problem>),
-    /// No bearer token, or an unknown one (authentication is on).
-    #[oai(status = 401, content_type = "application/problem+json")]
-    Unauthorized(Json<Problem>, #[oai(header = "WWW-Authenticate")] String),
-    /// The token may not read jobs.
-    #[oai(status = 403, content_type = "application/problem+json")]
-    Forbidden(Json<Problem>),
-    /// This identity's rate limit is reached: retry after `Retry-After` seconds.
-    #[oai(status = 429, content_type = "application/problem+json")]
-    TooMany(Json<Problem>, #[oai(header = "Retry-After")] u32),
-    /// An unexpected error (details in the service log).
-    #[oai(status = 500, content_type = "application/problem+json")]
-    Internal(Json<Problem>),
-    /// The database is unavailable: retry after `Retry-After` seconds.
-    #[oai(status = 503, content_type = "application/problem+json")]
-    Unavailable(Json<Problem>, #[oai(header = "Retry-After")] u32),
-}
-
-impl From<Problem> for ListError {
-    fn from(p: Problem) -> Self {
-        match p.status {
-            400 => Self::BadRequest(Json(p)),
-            401 => Self::Unauthorized(Json(p), BEARER.into()),
-            403 => Self::Forbidden(Json(p)),
-            429 => Self::TooMany(Json(p), RETRY_AFTER_SECS),
-            503 => Self::Unavailable(Json(p), RETRY_AFTER_SECS),
-            _ => Self::Internal(Json(Problem::internal())),
-        }
+problem_responses! {
+    /// Errors of `GET /v1/jobs`.
+    ListError {
+        400 BadRequest => "A filter, `limit` or `cursor` is invalid.",
+        401 Unauthorized ["WWW-Authenticate": String = BEARER.into()] => "No bearer token, or an unknown one (authentication is on).",
+        403 Forbidden => "The token may not read jobs.",
+        429 TooMany ["Retry-After": u32 = RETRY_AFTER_SECS] => "This identity's rate limit is reached: retry after `Retry-After` seconds.",
+        500 Internal => "An unexpected error (details in the service log).",
+        503 Unavailable ["Retry-After": u32 = RETRY_AFTER_SECS] => "The database is unavailable: retry after `Retry-After` seconds.",
     }
 }
 
@@ -180,67 +91,49 @@ pub enum CancelResponse {
     Requested(JsonOut<JobOut>),
 }
 
-/// Errors of `POST /v1/jobs/{job_id}/cancel`.
-#[derive(ApiResponse, Debug)]
-pub enum CancelError {
-    /// The id is not a UUID.
-    #[oai(status = 400, content_type = "application/problem+json")]
-    BadRequest(Json<Problem>),
-    /// No bearer token, or an unknown one (authentication is on).
-    #[oai(status = 401, content_type = "application/problem+json")]
-    Unauthorized(Json<Problem>, #[oai(header = "WWW-Authenticate")] String),
-    /// The token may not cancel jobs.
-    #[oai(status = 403, content_type = "application/problem+json")]
-    Forbidden(Json<Problem>),
-    /// No job with that id.
-    #[oai(status = 404, content_type = "application/problem+json")]
-    NotFound(Json<Problem>),
-    /// The job had already finished (SUCCESS, FAILED or CANCELED).
-    #[oai(status = 409, content_type = "application/problem+json")]
-    Conflict(Json<Problem>),
-    /// This identity's rate limit is reached: retry after `Retry-After` seconds.
-    #[oai(status = 429, content_type = "application/problem+json")]
-    TooMany(Json<Problem>, #[oai(header = "Retry-After")] u32),
-    /// An unexpected error (details in the service log).
-    #[oai(status = 500, content_type = "application/problem+json")]
-    Internal(Json<Problem>),
-    /// The database is unavailable: retry after `Retry-After` seconds.
-    #[oai(status = 503, content_type = "application/problem+json")]
-    Unavailable(Json<Problem>, #[oai(header = "Retry-After")] u32),
-}
-
-impl From<Problem> for CancelError {
-    fn from(p: Problem) -> Self {
-        match p.status {
-            400 => Self::BadRequest(Json(p)),
-            401 => Self::Unauthorized(Json(p), BEARER.into()),
-            403 => Self::Forbidden(Json(p)),
-            404 => Self::NotFound(Json(p)),
-            409 => Self::Conflict(Json(p)),
-            429 => Self::TooMany(Json(p), RETRY_AFTER_SECS),
-            503 => Self::Unavailable(Json(p), RETRY_AFTER_SECS),
-            _ => Self::Internal(Json(Problem::internal())),
-        }
+problem_responses! {
+    /// Errors of `POST /v1/jobs/{job_id}/cancel`.
+    CancelError {
+        400 BadRequest => "The id is not a UUID.",
+        401 Unauthorized ["WWW-Authenticate": String = BEARER.into()] => "No bearer token, or an unknown one (authentication is on).",
+        403 Forbidden => "The token may not cancel jobs.",
+        404 NotFound => "No job with that id.",
+        409 Conflict => "The job had already finished (SUCCESS, FAILED or CANCELED).",
+        429 TooMany ["Retry-After": u32 = RETRY_AFTER_SECS] => "This identity's rate limit is reached: retry after `Retry-After` seconds.",
+        500 Internal => "An unexpected error (details in the service log).",
+        503 Unavailable ["Retry-After": u32 = RETRY_AFTER_SECS] => "The database is unavailable: retry after `Retry-After` seconds.",
     }
 }
 
 /// The `WWW-Authenticate` challenge of a 401.
 pub(super) const BEARER: &str = "Bearer realm=\"automation-gateway\"";
 
-/// One line per create and cancel: who, what, target, outcome, request id (the timestamp is
-/// the line's own).
-fn audit(event: &str, who: &str, job_id: Option<&str>, action: &str, target: &str, outcome: &str, request_id: &str) {
-    tracing::info!(
-        audit = true,
-        event,
-        identity = who,
-        job_id = job_id.unwrap_or(""),
-        action,
-        target,
-        outcome,
-        request_id,
-        "audit"
-    );
+/// One audit line per create and cancel: who, what, which job, the outcome, the request (the
+/// timestamp is the line's own).
+struct AuditEvent<'a> {
+    /// `job.create` or `job.cancel`.
+    event: &'static str,
+    identity: &'a str,
+    job_id: Option<&'a str>,
+    action: &'a str,
+    target: &'a str,
+    request_id: &'a str,
+}
+
+impl AuditEvent<'_> {
+    fn record(&self, outcome: &str) {
+        tracing::info!(
+            audit = true,
+            event = self.event,
+            identity = self.identity,
+            job_id = self.job_id.unwrap_or(""),
+            action = self.action,
+            target = self.target,
+            outcome,
+            request_id = self.request_id,
+            "audit"
+        );
+    }
 }
 
 fn problem<E: From<Problem>>(e: impl Into<Problem>) -> E {
@@ -319,23 +212,40 @@ impl JobsApi {
         let (action_name, target) =
             (req.action.chars().take(64).collect::<String>(), req.target.chars().take(253).collect::<String>());
         let refused = |p: Problem| {
-            audit("job.create", &identity.name, None, &action_name, &target, &format!("refused {}", p.status), &rid);
+            AuditEvent {
+                event: "job.create",
+                identity: &identity.name,
+                job_id: None,
+                action: &action_name,
+                target: &target,
+                request_id: &rid,
+            }
+            .record(&format!("refused {}", p.status));
             CreateError::from(p)
         };
         let key = idempotency_key(raw).map_err(refused)?;
+        let action = state.catalog.resolve(&req.action).map_err(|e| refused(e.into()))?;
         let job =
-            NewJob::parse(&req.action, &req.target, &req.requested_by, req.parameters.map(|m| m.into_iter().collect()))
+            NewJob::parse(action, &req.target, &req.requested_by, req.parameters.map(|m| m.into_iter().collect()))
                 .map_err(|e| refused(e.into()))?
                 .submitted_by(&identity.name);
         state.require(identity, Need::Create(job.action), "jobs.create", &rid).map_err(refused)?;
         let action = job.action;
         let out = state.store.enqueue(job, key, Some(rid.clone())).await.map_err(|e| refused(e.into()))?;
         let id = out.id.to_string();
+        let audit = AuditEvent {
+            event: "job.create",
+            identity: &identity.name,
+            job_id: Some(&id),
+            action: action.as_str(),
+            target: &target,
+            request_id: &rid,
+        };
         if out.created {
             state.metrics.job_created(action);
-            audit("job.create", &identity.name, Some(&id), action.as_str(), &target, "accepted", &rid);
+            audit.record("accepted");
         } else {
-            audit("job.create", &identity.name, Some(&id), action.as_str(), &target, "idempotent replay", &rid);
+            audit.record("idempotent replay");
         }
         let location = format!("/v1/jobs/{id}");
         Ok(CreateResponse::Accepted(Json(JobAccepted { job_id: out.id.0, status: out.status.into() }), location))
@@ -395,8 +305,9 @@ impl JobsApi {
         request_id: ReqId,
         /// Only jobs in this status.
         status: Query<Option<JobStatusOut>>,
-        /// Only jobs of this action.
-        action: Query<Option<ActionOut>>,
+        /// Only jobs of this action: one of {action_names}.
+        #[oai(validator(max_length = 64))]
+        action: Query<Option<String>>,
         /// Only jobs on this exact target.
         #[oai(validator(max_length = 253))]
         target: Query<Option<String>>,
@@ -421,7 +332,15 @@ impl JobsApi {
                     ListError::from(Problem::bad_request("cursor", "not a cursor returned by this API"))
                 })?),
             };
-        let action = action.0.map(crate::jobs::Action::from);
+        let action = match action.0.as_deref() {
+            None => None,
+            Some(name) => Some(
+                state
+                    .catalog
+                    .resolve(name)
+                    .map_err(|e| ListError::from(Problem::bad_request("action", e.to_string())))?,
+            ),
+        };
         if action.is_some_and(|a| !identity.in_scope(a)) {
             // Outside the token's scope: nothing it may see.
             return Ok(JsonOut(JobPage { items: Vec::new(), next_cursor: None }));
@@ -462,7 +381,15 @@ impl JobsApi {
         let id = JobId(job_id.0);
         let sid = id.to_string();
         let refused = |p: Problem| {
-            audit("job.cancel", &identity.name, Some(&sid), "", "", &format!("refused {}", p.status), &rid);
+            AuditEvent {
+                event: "job.cancel",
+                identity: &identity.name,
+                job_id: Some(&sid),
+                action: "",
+                target: "",
+                request_id: &rid,
+            }
+            .record(&format!("refused {}", p.status));
             CancelError::from(p)
         };
         state.require(identity, Need::Cancel, "jobs.cancel", &rid).map_err(refused)?;
@@ -473,7 +400,15 @@ impl JobsApi {
             Err(e) => return Err(refused(e.into())),
         };
         let job = state.store.get(id).await.map_err(problem::<CancelError>)?;
-        audit("job.cancel", &identity.name, Some(&sid), job.action.as_str(), &job.target, status.as_str(), &rid);
+        AuditEvent {
+            event: "job.cancel",
+            identity: &identity.name,
+            job_id: Some(&sid),
+            action: job.action.as_str(),
+            target: &job.target,
+            request_id: &rid,
+        }
+        .record(status.as_str());
         if job.status == JobStatus::Running {
             Ok(CancelResponse::Requested(JsonOut(job.into())))
         } else {

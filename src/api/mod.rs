@@ -9,7 +9,10 @@ pub mod json;
 pub mod model;
 pub mod problem;
 pub mod request_id;
+mod responses;
+mod settings;
 pub mod strict;
+pub use settings::Settings;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
@@ -21,7 +24,7 @@ use poem_openapi::{OpenApiService, Tags};
 use crate::executor::Executor;
 use crate::store::Store;
 use crate::telemetry::Metrics;
-use crate::telemetry::http::HttpMetrics;
+use crate::telemetry::http::{HttpMetrics, RouteTemplates};
 
 /// OpenAPI tags.
 #[derive(Tags)]
@@ -39,6 +42,8 @@ pub struct State {
     pub store: Store,
     /// The executor (for cancels).
     pub executor: Arc<Executor>,
+    /// The actions that exist.
+    pub catalog: crate::executor::ActionCatalog,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// False once shutdown begins: readiness fails first.
@@ -64,16 +69,24 @@ fn service() -> OpenApiService<(jobs::JobsApi, health::HealthApi), ()> {
         .license("Apache-2.0")
 }
 
-/// The OpenAPI document, exactly as served at `/openapi.json`.
+/// The OpenAPI document as served with the built-in actions (what `automation-gateway openapi`
+/// prints and `openapi.json` holds).
 pub fn spec_json() -> String {
-    service().spec()
+    spec_for(&crate::executor::ActionCatalog::built_in_names())
+}
+
+/// The OpenAPI document for a catalog: the action fields' descriptions list its names.
+pub fn spec_for(actions: &[&str]) -> String {
+    let list: Vec<String> = actions.iter().map(|a| format!("`{a}`")).collect();
+    service().spec().replace(model::ACTION_NAMES, &list.join(", "))
 }
 
 /// Every route, with middleware, ready to serve.
 pub fn routes(state: State, max_body_bytes: usize, request_timeout: std::time::Duration) -> impl Endpoint {
     let metrics = state.metrics.clone();
     let svc = service();
-    let spec = svc.spec();
+    let spec = spec_for(&state.catalog.names());
+    let spec_value: serde_json::Value = serde_json::from_str(&spec).unwrap_or_default();
     Route::new()
         .nest("/", svc)
         .nest("/docs", LazyDocs(OnceLock::new()))
@@ -86,7 +99,15 @@ pub fn routes(state: State, max_body_bytes: usize, request_timeout: std::time::D
         .with(auth::Gate(state))
         .with(request_id::RequestIds)
         .with(CatchPanic::new().with_handler(|_| problem::response(&problem::Problem::internal())))
-        .with(HttpMetrics(metrics))
+        .with(HttpMetrics { metrics, routes: Arc::new(route_templates(&spec_value)) })
+}
+
+/// The metric labels: every path of the OpenAPI document, and the routes outside it.
+fn route_templates(spec: &serde_json::Value) -> RouteTemplates {
+    let documented = spec["paths"].as_object().map(|p| p.keys().map(String::as_str).collect::<Vec<_>>());
+    let mut templates = documented.unwrap_or_default();
+    templates.extend(["/metrics", "/openapi.json"]);
+    RouteTemplates::new(templates, &["/docs"])
 }
 
 /// Swagger UI, built on its first request: its page embeds about 1.5 MB of JavaScript that

@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::jobs::{Action, Job, JobStatus};
+use crate::jobs::{Job, JobStatus};
 
 /// A job's status. `PENDING -> RUNNING -> SUCCESS | FAILED`; `CANCELED` from PENDING or RUNNING.
 #[derive(Enum, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,44 +50,15 @@ impl From<JobStatusOut> for JobStatus {
     }
 }
 
-/// An automation action.
-#[derive(Enum, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
-#[oai(rename_all = "snake_case")]
-#[serde(rename_all = "snake_case")]
-pub enum ActionOut {
-    /// Restart a service.
-    RestartService,
-    /// Roll out a new configuration.
-    RotateConfig,
-    /// Probe a target.
-    HealthCheck,
-}
-
-impl From<Action> for ActionOut {
-    fn from(a: Action) -> Self {
-        match a {
-            Action::RestartService => Self::RestartService,
-            Action::RotateConfig => Self::RotateConfig,
-            Action::HealthCheck => Self::HealthCheck,
-        }
-    }
-}
-
-impl From<ActionOut> for Action {
-    fn from(a: ActionOut) -> Self {
-        match a {
-            ActionOut::RestartService => Self::RestartService,
-            ActionOut::RotateConfig => Self::RotateConfig,
-            ActionOut::HealthCheck => Self::HealthCheck,
-        }
-    }
-}
+/// Stands, in descriptions of the OpenAPI document, for the list of the catalog's actions; the
+/// served document has it replaced (`super::spec_for`).
+pub const ACTION_NAMES: &str = "{action_names}";
 
 /// A request to run an action.
 #[derive(Object, Debug, Clone)]
 #[oai(example)]
 pub struct CreateJobRequest {
-    /// The action: `restart_service`, `rotate_config` or `health_check` (others get 422).
+    /// The action: one of {action_names} (others get 422).
     #[oai(validator(min_length = 1, max_length = 64))]
     pub action: String,
     /// What to run it against: 1 to 253 letters, digits and `-_.:/@`.
@@ -146,8 +117,8 @@ fn example_id() -> Uuid {
 pub struct JobOut {
     /// The job's id.
     pub job_id: Uuid,
-    /// The action.
-    pub action: ActionOut,
+    /// The action: one of {action_names}.
+    pub action: String,
     /// The target.
     pub target: String,
     /// The status.
@@ -203,7 +174,7 @@ impl From<crate::jobs::JobEvent> for JobEventOut {
 fn job_example() -> JobOut {
     JobOut {
         job_id: example_id(),
-        action: ActionOut::RestartService,
+        action: "restart_service".into(),
         target: "demo-api".into(),
         status: JobStatusOut::Success,
         started_at: Some("2026-11-23T12:00:00.120000Z".into()),
@@ -232,7 +203,7 @@ impl From<Job> for JobOut {
     fn from(j: Job) -> Self {
         Self {
             job_id: j.id.0,
-            action: j.action.into(),
+            action: j.action.as_str().to_owned(),
             target: j.target,
             status: j.status.into(),
             started_at: j.started_at.map(rfc3339),
@@ -308,7 +279,7 @@ mod tests {
         let done = job_example();
         let pending = JobOut {
             status: JobStatusOut::Pending,
-            action: ActionOut::HealthCheck,
+            action: "health_check".into(),
             started_at: None,
             finished_at: None,
             error: Some("attempt 1: \"quoted\" \u{1F600}".into()),

@@ -84,10 +84,10 @@ impl Problem {
 impl From<jobs::Error> for Problem {
     fn from(e: jobs::Error) -> Self {
         match &e {
-            jobs::Error::UnknownAction { .. } => {
+            jobs::Error::UnknownAction { supported, .. } => {
                 let mut p = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown-action", e.to_string());
                 p.errors = Some(vec![FieldError { field: "action".into(), message: e.to_string() }]);
-                p.supported_actions = Some(jobs::Action::supported().into_iter().map(String::from).collect());
+                p.supported_actions = Some(supported.iter().map(|s| (*s).to_owned()).collect());
                 p
             }
             jobs::Error::Validation { field, reason } => {
@@ -124,7 +124,7 @@ impl From<store::Error> for Problem {
                 "shutting-down",
                 "the service is shutting down; retry on another replica",
             ),
-            store::Error::Other(_) | store::Error::Internal(_) => {
+            store::Error::Other(_) | store::Error::Corrupt(_) | store::Error::Internal(_) => {
                 tracing::error!(error = %e, error.cause = ?std::error::Error::source(&e), "internal error");
                 Self::internal()
             }

@@ -11,9 +11,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::runners::RunRequest;
-use super::{Ctx, Finished, lease_end, lost_outcome, retry_delay};
-use crate::config::ActionPolicy;
+use super::lease::lease_end;
+use super::policy::{ActionPolicy, attempt_failed, lost_outcome};
+use super::runners::{RunError, RunRequest};
+use super::{Ctx, Finished};
 use crate::store::{ClaimedJob, Completion, Outcome, now_us};
 
 /// An attempt running in this process, as the executor's other tasks see it.
@@ -80,15 +81,23 @@ async fn run_attempt(ctx: &Ctx, job: ClaimedJob, lease_from: Instant, claimed_at
     // Tests count executions with this line: it is written once per attempt that runs.
     tracing::info!(job_id = %job.id, action = %job.action, target = %job.target, attempt = job.attempt, "job attempt started");
 
-    let policy = ctx.policies.get(job.action);
+    let policy = ctx.catalog.policy(job.action);
     let request = RunRequest {
         action: job.action,
         target: job.target.clone(),
         parameters: job.parameters.clone(),
         attempt: job.attempt,
     };
-    let runner = ctx.runners.get(job.action).clone();
-    let run = AssertUnwindSafe(runner.run(&request)).catch_unwind();
+    let runner = ctx.catalog.get(job.action).map(|e| e.runner.clone());
+    // A job stored under an action that has since left the catalog fails once (its policy
+    // allows one attempt): there is nothing to run it with.
+    let run = async {
+        match &runner {
+            Some(r) => r.run(&request).await,
+            None => Err(RunError(format!("action {} is not in the catalog", job.action))),
+        }
+    };
+    let run = AssertUnwindSafe(run).catch_unwind();
     let outcome = tokio::select! {
         biased;
         _ = token.cancelled() => {
@@ -107,9 +116,9 @@ async fn run_attempt(ctx: &Ctx, job: ClaimedJob, lease_from: Instant, claimed_at
         }
         r = tokio::time::timeout(policy.timeout, run) => match r {
             Ok(Ok(Ok(result))) => Outcome::Success(result),
-            Ok(Ok(Err(e))) => failure(&policy, job.attempt, e.to_string()),
-            Ok(Err(_panic)) => failure(&policy, job.attempt, "runner panicked".into()),
-            Err(_) => failure(&policy, job.attempt, format!("timed out after {} ms", policy.timeout.as_millis())),
+            Ok(Ok(Err(e))) => attempt_failed(&policy, job.attempt, e.to_string()),
+            Ok(Err(_panic)) => attempt_failed(&policy, job.attempt, "runner panicked".into()),
+            Err(_) => attempt_failed(&policy, job.attempt, format!("timed out after {} ms", policy.timeout.as_millis())),
         },
     };
     let finished = Finished {
@@ -134,14 +143,4 @@ fn lease_lost(job: &ClaimedJob, policy: &ActionPolicy, reason: &'static str) -> 
     tracing::warn!(job_id = %job.id, action = %job.action, target = %job.target, attempt = job.attempt, reason, "job attempt stopped: lease lost");
     let why = format!("worker lost: {reason}, during attempt {}", job.attempt);
     lost_outcome(policy.on_lost, policy.max_attempts, job.attempt, why, now_us())
-}
-
-/// A failed attempt retries while attempts remain.
-fn failure(policy: &ActionPolicy, attempt: i32, error: String) -> Outcome {
-    if (attempt as u32) < policy.max_attempts {
-        let delay = retry_delay(policy.backoff, attempt);
-        Outcome::Retry { error, run_at: now_us() + delay.as_micros() as i64 }
-    } else {
-        Outcome::Failed(error)
-    }
 }

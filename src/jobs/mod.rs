@@ -37,50 +37,66 @@ impl fmt::Display for JobId {
     }
 }
 
-/// An automation action the gateway can run. Exact names are part of the contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Action {
-    /// Restart a service. Not safe to run twice blindly: a lost run fails by default.
-    RestartService,
-    /// Roll out a new configuration.
-    RotateConfig,
-    /// Probe a target. Safe to repeat: a lost run is retried by default.
-    HealthCheck,
-}
+/// The name of an automation action: `[a-z][a-z0-9_]{0,62}`. Which actions exist is the
+/// catalog's business (`executor::ActionCatalog`, built at start-up); the domain knows only the
+/// form. Names are interned: each distinct name is stored once for the life of the process, so an
+/// `Action` is a copyable pointer and a metric label costs no allocation. The set stays small:
+/// the catalog's names and the names of stored jobs.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Action(&'static str);
+
+/// Longest action name.
+pub const MAX_ACTION_LEN: usize = 63;
 
 impl Action {
-    /// Every action, in a stable order (used for metrics seeding and error messages).
-    pub const ALL: [Action; 3] = [Action::RestartService, Action::RotateConfig, Action::HealthCheck];
+    /// A name of the right form, interned.
+    pub fn new(name: &str) -> Result<Self, Error> {
+        let mut chars = name.chars();
+        let well_formed = name.len() <= MAX_ACTION_LEN
+            && chars.next().is_some_and(|c| c.is_ascii_lowercase())
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !well_formed {
+            return Err(Error::Validation {
+                field: "action",
+                reason: format!(
+                    "'{}' is not an action name ([a-z][a-z0-9_]{{0,62}})",
+                    name.chars().take(64).collect::<String>()
+                ),
+            });
+        }
+        Ok(Self(intern(name)))
+    }
 
     /// The wire and storage name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Action::RestartService => "restart_service",
-            Action::RotateConfig => "rotate_config",
-            Action::HealthCheck => "health_check",
-        }
+        self.0
     }
+}
 
-    /// The supported action names, for error messages.
-    pub fn supported() -> Vec<&'static str> {
-        Self::ALL.iter().map(|a| a.as_str()).collect()
+/// The one copy of each action name.
+fn intern(name: &str) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let names = NAMES.get_or_init(|| Mutex::new(HashSet::new()));
+    let mut names = names.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(known) = names.get(name) {
+        return known;
     }
+    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.insert(leaked);
+    leaked
 }
 
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(self.0)
     }
 }
 
-impl FromStr for Action {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|a| a.as_str() == s)
-            .ok_or_else(|| Error::UnknownAction { given: s.chars().take(64).collect() })
+impl fmt::Debug for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
     }
 }
 
@@ -221,15 +237,15 @@ pub struct NewJob {
 }
 
 impl NewJob {
-    /// Validates raw input into a job request. `target` is a name such as a service or host:
+    /// Validates raw input into a job request for an action the catalog knows. `target` is a
+    /// name such as a service or host:
     /// letters, digits and `-_.:/@`, 1 to 253 characters.
     pub fn parse(
-        action: &str,
+        action: Action,
         target: &str,
         requested_by: &str,
         parameters: Option<Map<String, Value>>,
     ) -> Result<Self, Error> {
-        let action = action.parse::<Action>()?;
         if target.is_empty() || target.chars().count() > MAX_TARGET_LEN {
             return Err(Error::Validation {
                 field: "target",
@@ -317,11 +333,13 @@ fn depth(v: &Value) -> usize {
 /// Domain errors.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum Error {
-    /// The action is not one the gateway supports.
-    #[error("unknown action '{given}'; supported actions: restart_service, rotate_config, health_check")]
+    /// The action is not in the catalog.
+    #[error("unknown action '{given}'; supported actions: {}", supported.join(", "))]
     UnknownAction {
         /// What the caller sent (truncated).
         given: String,
+        /// The catalog's actions.
+        supported: Vec<&'static str>,
     },
     /// A field failed validation.
     #[error("{field}: {reason}")]
@@ -337,10 +355,18 @@ pub enum Error {
 mod tests {
     use super::*;
 
+    fn hc() -> Action {
+        Action::new("health_check").unwrap()
+    }
+
     #[test]
-    fn unknown_action_lists_the_supported_ones() {
-        let err = NewJob::parse("reboot_world", "demo", "me", None).unwrap_err();
-        assert!(err.to_string().contains("restart_service, rotate_config, health_check"));
+    fn action_names_are_checked_and_interned() {
+        assert_eq!(Action::new("health_check").unwrap(), hc());
+        assert!(std::ptr::eq(Action::new("health_check").unwrap().as_str(), hc().as_str()));
+        for bad in ["", "Health", "9x", "a-b", "a b", &"a".repeat(64)] {
+            assert!(Action::new(bad).is_err(), "{bad:?}");
+        }
+        assert!(Action::new(&"a".repeat(63)).is_ok());
     }
 
     #[test]
@@ -355,22 +381,22 @@ mod tests {
     #[test]
     fn invisible_characters_are_refused_in_requested_by() {
         for bad in ["a\u{202E}b", "a\u{200B}b", "a\u{2028}b", "a\u{2029}b", "\u{FEFF}a", "a\u{7}", "a\u{0}"] {
-            assert!(NewJob::parse("health_check", "x", bad, None).is_err(), "{bad:?}");
+            assert!(NewJob::parse(hc(), "x", bad, None).is_err(), "{bad:?}");
         }
-        assert!(NewJob::parse("health_check", "x", "Zoë Müller 山田", None).is_ok());
+        assert!(NewJob::parse(hc(), "x", "Zoë Müller 山田", None).is_ok());
     }
 
     #[test]
     fn target_with_spaces_is_refused() {
-        assert!(NewJob::parse("health_check", "a b", "me", None).is_err());
+        assert!(NewJob::parse(hc(), "a b", "me", None).is_err());
     }
 
     #[test]
     fn fingerprint_depends_on_parameters() {
-        let a = NewJob::parse("health_check", "x", "me", None).unwrap();
+        let a = NewJob::parse(hc(), "x", "me", None).unwrap();
         let mut m = Map::new();
         m.insert("k".into(), Value::from(1));
-        let b = NewJob::parse("health_check", "x", "me", Some(m)).unwrap();
+        let b = NewJob::parse(hc(), "x", "me", Some(m)).unwrap();
         assert_ne!(a.fingerprint(), b.fingerprint());
     }
 
@@ -383,6 +409,6 @@ mod tests {
             v = Value::Object(m);
         }
         let Value::Object(m) = v else { unreachable!() };
-        assert!(NewJob::parse("health_check", "x", "me", Some(m)).is_err());
+        assert!(NewJob::parse(hc(), "x", "me", Some(m)).is_err());
     }
 }

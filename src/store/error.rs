@@ -33,6 +33,9 @@ pub enum Error {
     /// Anything else from the database: a bug or corrupt data.
     #[error("database error")]
     Other(#[source] DbErr),
+    /// A stored value the service cannot read (a status it does not know, a malformed name).
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
     /// A broken invariant of the store itself (not the database's).
     #[error("internal store error: {0}")]
     Internal(String),

@@ -54,7 +54,7 @@ pub struct JobFilter {
 
 /// One page of jobs, newest first.
 #[derive(Debug, Clone)]
-pub struct JobPage {
+pub struct Page {
     /// The jobs.
     pub items: Vec<Job>,
     /// Pass as `before` for the next page; `None` on the last page.
@@ -92,7 +92,7 @@ impl Store {
     }
 
     /// A page of jobs, newest first.
-    pub async fn list(&self, filter: &JobFilter, limit: u64) -> Result<JobPage, Error> {
+    pub async fn list(&self, filter: &JobFilter, limit: u64) -> Result<Page, Error> {
         let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1=1");
         let mut values: Vec<Value> = Vec::new();
         fn push(sql: &mut String, values: &mut Vec<Value>, col: &str, v: Value) {
@@ -107,7 +107,7 @@ impl Store {
         }
         if let Some(scope) = &filter.actions {
             if scope.is_empty() {
-                return Ok(JobPage { items: Vec::new(), next: None });
+                return Ok(Page { items: Vec::new(), next: None });
             }
             let mut marks = Vec::with_capacity(scope.len());
             for a in scope {
@@ -135,7 +135,7 @@ impl Store {
         } else {
             None
         };
-        Ok(JobPage { items, next })
+        Ok(Page { items, next })
     }
 
     /// Cancels a PENDING job at once (returns `CANCELED`), or marks a RUNNING one for
@@ -237,13 +237,7 @@ impl Store {
 pub(super) async fn run_enqueue_writer(store: Store, mut rx: mpsc::Receiver<EnqueueRequest>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
+        crate::batch::gather(first, &mut rx, MAX_BATCH, &mut batch);
         let requests = std::mem::take(&mut batch);
         let results = write_batch(&store, &requests).await;
         let created = results.iter().filter(|r| matches!(r, Ok(e) if e.created)).count();
@@ -419,11 +413,11 @@ async fn insert_batch(store: &Store, requests: &[EnqueueRequest]) -> Result<Vec<
 }
 
 pub(super) fn parse_status(s: &str) -> Result<JobStatus, Error> {
-    s.parse().map_err(|_| Error::Other(sea_orm::DbErr::Type(format!("unknown status '{s}' in database"))))
+    s.parse().map_err(|_| Error::Corrupt(format!("unknown status '{s}' in the database")))
 }
 
 pub(super) fn parse_action(s: &str) -> Result<Action, Error> {
-    s.parse().map_err(|_| Error::Other(sea_orm::DbErr::Type(format!("unknown action '{s}' in database"))))
+    Action::new(s).map_err(|_| Error::Corrupt(format!("malformed action name '{s}' in the database")))
 }
 
 fn parse_json(s: Option<String>) -> Result<Option<Json>, Error> {

@@ -8,6 +8,7 @@ mod error;
 mod jobs;
 mod queue;
 mod reads;
+mod settings;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -19,10 +20,9 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, State
 use tokio::sync::{Notify, mpsc};
 
 pub use error::Error;
-pub use jobs::{Enqueued, JobFilter, JobPage};
+pub use jobs::{Enqueued, JobFilter, Page};
 pub use queue::{ClaimedJob, Completion, Held, LostJob, Outcome, QueueStats};
-
-use crate::config::Config;
+pub use settings::{DatabaseUrl, Settings};
 
 /// Channel PostgreSQL replicas are woken on when jobs are enqueued.
 pub const JOBS_CHANNEL: &str = "automation_gateway_jobs";
@@ -92,7 +92,7 @@ pub enum Health {
 
 impl Store {
     /// Connects, creating a SQLite file if missing. Does not migrate.
-    pub async fn connect(config: &Config) -> Result<Self, Error> {
+    pub async fn connect(config: &Settings) -> Result<Self, Error> {
         let db_url = &config.database_url;
         db_url.check().map_err(|e| Error::Other(sea_orm::DbErr::Custom(e)))?;
         let url = db_url.expose();

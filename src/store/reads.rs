@@ -97,7 +97,7 @@ async fn run_reader(pool: ReadPool, rx: Arc<Mutex<mpsc::Receiver<ReadRequest>>>,
                 r = rx.recv() => r,
             };
             match first {
-                Some(first) => batch.push(first),
+                Some(first) => crate::batch::gather(first, &mut *rx, MAX_BATCH, &mut batch),
                 None => {
                     // Stopping: refuse new reads and answer the queued ones.
                     rx.close();
@@ -105,12 +105,6 @@ async fn run_reader(pool: ReadPool, rx: Arc<Mutex<mpsc::Receiver<ReadRequest>>>,
                         let _ = r.reply.send(Err(Error::ShuttingDown));
                     }
                     return;
-                }
-            }
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(r) => batch.push(r),
-                    Err(_) => break,
                 }
             }
         }

@@ -8,14 +8,20 @@ use poem::{Endpoint, IntoResponse, Middleware, Request, Response, Result};
 
 use super::Metrics;
 
-/// Records every request's duration into `http_server_request_duration_seconds`.
-pub struct HttpMetrics(pub Arc<Metrics>);
+/// Records every request's duration into `http_server_request_duration_seconds`, labelled by
+/// the template of the route it matched.
+pub struct HttpMetrics {
+    /// Where to record.
+    pub metrics: Arc<Metrics>,
+    /// The service's route templates.
+    pub routes: Arc<RouteTemplates>,
+}
 
 impl<E: Endpoint> Middleware<E> for HttpMetrics {
     type Output = HttpMetricsEndpoint<E>;
 
     fn transform(&self, ep: E) -> Self::Output {
-        HttpMetricsEndpoint { inner: ep, metrics: self.0.clone() }
+        HttpMetricsEndpoint { inner: ep, metrics: self.metrics.clone(), routes: self.routes.clone() }
     }
 }
 
@@ -23,6 +29,7 @@ impl<E: Endpoint> Middleware<E> for HttpMetrics {
 pub struct HttpMetricsEndpoint<E> {
     inner: E,
     metrics: Arc<Metrics>,
+    routes: Arc<RouteTemplates>,
 }
 
 impl<E: Endpoint> Endpoint for HttpMetricsEndpoint<E> {
@@ -31,7 +38,7 @@ impl<E: Endpoint> Endpoint for HttpMetricsEndpoint<E> {
     async fn call(&self, req: Request) -> Result<Self::Output> {
         let start = Instant::now();
         let method = method_label(req.method());
-        let route = route_template(req.uri().path());
+        let route = self.routes.label(req.uri().path());
         // One span per request (exported when OTLP tracing is on): method and route template only.
         let span = tracing::debug_span!("http.request", http.method = %method, http.route = route);
         let res = tracing::Instrument::instrument(self.inner.call(req), span).await;
@@ -64,33 +71,89 @@ fn method_label(method: &poem::http::Method) -> &'static str {
     }
 }
 
-/// Maps a path to the route template it matches, or `other`.
-pub fn route_template(path: &str) -> &'static str {
-    match path {
-        "/healthz" => "/healthz",
-        "/readyz" => "/readyz",
-        "/metrics" => "/metrics",
-        "/openapi.json" => "/openapi.json",
-        "/v1/jobs" => "/v1/jobs",
-        p if p == "/docs" || p.starts_with("/docs/") => "/docs",
-        p => match p.strip_prefix("/v1/jobs/") {
-            Some(rest) if !rest.contains('/') => "/v1/jobs/{job_id}",
-            Some(rest) if rest.ends_with("/cancel") && rest.matches('/').count() == 1 => "/v1/jobs/{job_id}/cancel",
-            _ => "other",
-        },
+/// The route templates a path can match, each as its segments (`{name}` matches any one
+/// non-empty segment). Built once from the OpenAPI document's paths and the few routes outside
+/// it, so a new operation gets its own label without an edit here. Labels are `'static`: they
+/// are made once at start-up, from the service's own routes, never from a request.
+pub struct RouteTemplates {
+    templates: Vec<(&'static str, Vec<Segment>)>,
+    /// Prefixes that label everything below them (Swagger UI's assets).
+    prefixes: Vec<&'static str>,
+}
+
+enum Segment {
+    Literal(String),
+    Param,
+}
+
+impl RouteTemplates {
+    /// From exact templates (`/v1/jobs/{job_id}`) and prefixes (`/docs`).
+    pub fn new<'a>(templates: impl IntoIterator<Item = &'a str>, prefixes: &[&'static str]) -> Self {
+        let templates = templates
+            .into_iter()
+            .map(|t| {
+                let label: &'static str = Box::leak(t.to_owned().into_boxed_str());
+                let segments = t
+                    .split('/')
+                    .skip(1)
+                    .map(|s| {
+                        if s.starts_with('{') && s.ends_with('}') {
+                            Segment::Param
+                        } else {
+                            Segment::Literal(s.to_owned())
+                        }
+                    })
+                    .collect();
+                (label, segments)
+            })
+            .collect();
+        Self { templates, prefixes: prefixes.to_vec() }
+    }
+
+    /// The template `path` matches, or `other`.
+    pub fn label(&self, path: &str) -> &'static str {
+        if let Some(p) =
+            self.prefixes.iter().find(|p| path == **p || path.strip_prefix(**p).is_some_and(|r| r.starts_with('/')))
+        {
+            return p;
+        }
+        let Some(rest) = path.strip_prefix('/') else { return "other" };
+        'templates: for (label, segments) in &self.templates {
+            let mut parts = rest.split('/');
+            for seg in segments {
+                match (seg, parts.next()) {
+                    (Segment::Literal(l), Some(p)) if l == p => {}
+                    (Segment::Param, Some(p)) if !p.is_empty() => {}
+                    _ => continue 'templates,
+                }
+            }
+            if parts.next().is_none() {
+                return label;
+            }
+        }
+        "other"
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::route_template;
+    use super::RouteTemplates;
 
     #[test]
     fn job_ids_never_become_labels() {
-        assert_eq!(route_template("/v1/jobs/0192f0a0-0000-7000-8000-000000000000"), "/v1/jobs/{job_id}");
-        assert_eq!(route_template("/v1/jobs/abc/cancel"), "/v1/jobs/{job_id}/cancel");
-        assert_eq!(route_template("/v1/jobs/a/b/c"), "other");
-        assert_eq!(route_template("/random"), "other");
+        let t = RouteTemplates::new(
+            ["/healthz", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/events"],
+            &["/docs"],
+        );
+        assert_eq!(t.label("/v1/jobs/0192f0a0-0000-7000-8000-000000000000"), "/v1/jobs/{job_id}");
+        assert_eq!(t.label("/v1/jobs/abc/cancel"), "/v1/jobs/{job_id}/cancel");
+        assert_eq!(t.label("/v1/jobs/abc/events"), "/v1/jobs/{job_id}/events");
+        assert_eq!(t.label("/v1/jobs"), "/v1/jobs");
+        assert_eq!(t.label("/v1/jobs/"), "other");
+        assert_eq!(t.label("/v1/jobs/a/b/c"), "other");
+        assert_eq!(t.label("/docs/swagger.js"), "/docs");
+        assert_eq!(t.label("/docsx"), "other");
+        assert_eq!(t.label("/random"), "other");
     }
 
     #[test]

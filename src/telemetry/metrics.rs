@@ -102,8 +102,8 @@ pub struct SetupError(String);
 
 impl Metrics {
     /// Creates the registry, the meter and every instrument, and seeds every action x status
-    /// series at 0 so dashboards and `rate()` see them from the first scrape.
-    pub fn new() -> Result<Self, SetupError> {
+    /// series at 0 (the catalog's actions) so dashboards and `rate()` see them from the first scrape.
+    pub fn new(actions: &[Action]) -> Result<Self, SetupError> {
         let registry = Registry::new();
         let exporter = opentelemetry_prometheus::exporter()
             .with_registry(registry.clone())
@@ -175,7 +175,7 @@ impl Metrics {
             registry,
             provider,
         };
-        for action in Action::ALL {
+        for &action in actions {
             for status in JobStatus::TERMINAL {
                 m.jobs.add(0, &job_labels(action, status));
             }

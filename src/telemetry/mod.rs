@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod metrics;
+mod settings;
 
 use tracing::Level;
 use tracing_subscriber::filter::Targets;
@@ -11,8 +12,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 pub use metrics::Metrics;
-
-use crate::config::Config;
+pub use settings::Settings;
 
 /// Logging could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +60,7 @@ fn otlp_tracer(endpoint: &url::Url) -> Result<opentelemetry_sdk::trace::SdkTrace
 
 /// Installs the global subscriber: JSON lines on stdout, and Loki when configured. Loki gets
 /// only low-cardinality labels (app, env, level); job ids travel as fields.
-pub fn init_logs(config: &Config) -> Result<TelemetryGuard, LogError> {
+pub fn init_logs(config: &Settings) -> Result<TelemetryGuard, LogError> {
     let filter = EnvFilter::try_new(&config.log).map_err(|e| LogError::Filter(e.to_string()))?;
     let fmt = tracing_subscriber::fmt::layer()
         .json()

@@ -36,7 +36,7 @@ fn write_tokens(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
 
 async fn secured_app(backend: Backend, dir: &tempfile::TempDir) -> TestApp {
     let path = write_tokens(dir, &tokens_yaml());
-    TestApp::spawn_with(TestDb::new(backend).await, |c| c.auth_tokens_file = Some(path)).await
+    TestApp::spawn_with(TestDb::new(backend).await, |c| c.http.auth_tokens_file = Some(path)).await
 }
 
 fn req(app: &TestApp, method: &str, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
@@ -207,9 +207,9 @@ async fn the_rate_limit_answers_429_with_retry_after_per_identity() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_tokens(&dir, &tokens_yaml());
     let app = TestApp::spawn_with(TestDb::new(Backend::Sqlite).await, |c| {
-        c.auth_tokens_file = Some(path);
-        c.rate_limit = 1;
-        c.rate_limit_burst = 3;
+        c.http.auth_tokens_file = Some(path);
+        c.http.rate_limit = 1;
+        c.http.rate_limit_burst = 3;
     })
     .await;
 
@@ -231,7 +231,7 @@ async fn rotated_tokens_take_effect_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_tokens(&dir, &tokens_yaml());
     let app =
-        TestApp::spawn_with(TestDb::new(Backend::Sqlite).await, |c| c.auth_tokens_file = Some(path.clone())).await;
+        TestApp::spawn_with(TestDb::new(Backend::Sqlite).await, |c| c.http.auth_tokens_file = Some(path.clone())).await;
     let new_token = "agw_rotated_token_2222222222222";
     assert_eq!(req(&app, "GET", "/v1/jobs", Some(new_token)).send().await.unwrap().status(), 401);
 
@@ -259,8 +259,8 @@ async fn metrics_can_require_a_token() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_tokens(&dir, &tokens_yaml());
     let app = TestApp::spawn_with(TestDb::new(Backend::Sqlite).await, |c| {
-        c.auth_tokens_file = Some(path);
-        c.metrics_require_token = true;
+        c.http.auth_tokens_file = Some(path);
+        c.http.metrics_require_token = true;
     })
     .await;
 

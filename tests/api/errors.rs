@@ -84,8 +84,8 @@ both_backends!(a_full_queue_answers_429_with_retry_after);
 async fn a_full_queue_answers_429_with_retry_after(backend: Backend) {
     let db = TestDb::new(backend).await;
     let app = TestApp::spawn_with(db, |c| {
-        c.workers = 1;
-        c.max_pending = 2;
+        c.executor.workers = 1;
+        c.store.max_pending = 2;
     })
     .await;
     let first = app.create("health_check", 30_000, false).await;

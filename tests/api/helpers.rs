@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use automation_gateway::executor::ActionCatalog;
 use automation_gateway::{App, Config};
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -79,14 +80,14 @@ impl Drop for TestDb {
 /// Settings every in-process test starts from: fast, deterministic, small.
 pub fn test_config(db: &TestDb) -> Config {
     let mut c = Config::for_database(&db.url).expect("config");
-    c.listen = "127.0.0.1:0".parse().expect("addr");
-    c.sim_duration_ms = "1-5".parse().expect("sim");
-    c.sim_failure_rate = 0.0;
-    c.workers = 8;
-    c.poll_interval_ms = 100;
-    c.lease_secs = 5;
-    c.shutdown_grace_secs = 5;
-    c.log = "warn".into();
+    c.http.listen = "127.0.0.1:0".parse().expect("addr");
+    c.executor.sim_duration_ms = "1-5".parse().expect("sim");
+    c.executor.sim_failure_rate = 0.0;
+    c.executor.workers = 8;
+    c.executor.poll_interval_ms = 100;
+    c.executor.lease_secs = 5;
+    c.executor.shutdown_grace_secs = 5;
+    c.telemetry.log = "warn".into();
     c
 }
 
@@ -106,11 +107,22 @@ impl TestApp {
     }
 
     pub async fn spawn_with(db: Arc<TestDb>, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::spawn_with_catalog(db, tweak, |_, c| c).await
+    }
+
+    /// `spawn_with`, the built-in catalog passed through `catalog` first.
+    pub async fn spawn_with_catalog(
+        db: Arc<TestDb>,
+        tweak: impl FnOnce(&mut Config),
+        catalog: impl FnOnce(&Config, ActionCatalog) -> ActionCatalog,
+    ) -> Self {
         let mut config = test_config(&db);
         tweak(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = format!("http://{}", listener.local_addr().expect("addr"));
-        let app = App::build(config).await.expect("app builds");
+        let built_in = App::built_in_catalog(&config).expect("catalog");
+        let catalog = catalog(&config, built_in);
+        let app = App::build_with(config, catalog).await.expect("app builds");
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
             app.run(listener, async {

@@ -7,6 +7,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::both_backends;
+use automation_gateway::executor::ActionCatalog;
+
 use crate::helpers::*;
 
 both_backends!(health_readiness_and_docs_answer);
@@ -24,6 +26,45 @@ async fn health_readiness_and_docs_answer(backend: Backend) {
     assert_eq!(docs.status(), 200);
     assert!(docs.text().await.unwrap().contains("swagger"));
     assert_eq!(spec.json::<Value>().await.unwrap()["paths"]["/v1/jobs"]["post"]["operationId"], "jobs.create");
+    app.stop().await;
+}
+
+both_backends!(a_fourth_action_is_one_catalog_entry);
+/// Adding an action takes one catalog entry: it is accepted, run, listed, counted in metrics,
+/// described in the OpenAPI document and named in the unknown-action answer, with no other edit.
+async fn a_fourth_action_is_one_catalog_entry(backend: Backend) {
+    use automation_gateway::executor::ActionEntry;
+    use automation_gateway::jobs::Action;
+
+    let app = TestApp::spawn_with_catalog(TestDb::new(backend).await, |_| {}, |_, built_in| {
+        let mut entries = built_in.entries().to_vec();
+        let template = entries[2].clone();
+        entries.push(ActionEntry {
+            action: Action::new("flush_cache").unwrap(),
+            description: "Flush a cache.".into(),
+            ..template
+        });
+        ActionCatalog::new(entries).unwrap()
+    })
+    .await;
+    let id = app.create("flush_cache", 1, false).await;
+    let job = app.wait_for(id, &["SUCCESS"], Duration::from_secs(10)).await;
+    assert_eq!(job["action"], "flush_cache");
+    let listed: Value =
+        app.client.get(app.url("/v1/jobs?action=flush_cache")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(1), "{listed}");
+    let samples = app.metrics().await;
+    assert_eq!(value(&samples, "automation_jobs_total", &[("action", "flush_cache"), ("status", "SUCCESS")]), Some(1.0));
+    assert_eq!(value(&samples, "automation_jobs_total", &[("action", "flush_cache"), ("status", "FAILED")]), Some(0.0));
+    let spec = app.client.get(app.url("/openapi.json")).send().await.unwrap().text().await.unwrap();
+    assert!(spec.contains("`flush_cache`"), "the OpenAPI document lists the new action");
+    let unknown: Value = app
+        .post_job(&json!({"action": "nope", "target": "x", "requested_by": "me"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(unknown["supported_actions"], json!(["restart_service", "rotate_config", "health_check", "flush_cache"]));
     app.stop().await;
 }
 
@@ -61,7 +102,8 @@ async fn a_job_goes_pending_running_success(backend: Backend) {
 both_backends!(a_failing_job_ends_failed_with_its_error);
 async fn a_failing_job_ends_failed_with_its_error(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let app = TestApp::spawn_with(db, |c| c.action_policy = "rotate_config.max_attempts=1".parse().unwrap()).await;
+    let app =
+        TestApp::spawn_with(db, |c| c.executor.action_policy = "rotate_config.max_attempts=1".parse().unwrap()).await;
 
     let id = app.create("rotate_config", 5, true).await;
     let job = app.wait_for(id, &["FAILED"], Duration::from_secs(10)).await;
@@ -172,7 +214,7 @@ async fn concurrent_reads_each_get_their_own_job(backend: Backend) {
 both_backends!(cancel_stops_pending_and_running_jobs_and_refuses_finished_ones);
 async fn cancel_stops_pending_and_running_jobs_and_refuses_finished_ones(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let app = TestApp::spawn_with(db, |c| c.workers = 1).await;
+    let app = TestApp::spawn_with(db, |c| c.executor.workers = 1).await;
     let running = app.create("restart_service", 30_000, false).await;
     app.wait_for(running, &["RUNNING"], Duration::from_secs(5)).await;
     let pending = app.create("restart_service", 1, false).await;
@@ -240,7 +282,7 @@ both_backends!(failed_attempts_retry_with_backoff_and_timeouts_fail);
 async fn failed_attempts_retry_with_backoff_and_timeouts_fail(backend: Backend) {
     let db = TestDb::new(backend).await;
     let app = TestApp::spawn_with(db, |c| {
-        c.action_policy = "health_check.max_attempts=3,health_check.backoff_ms=20,rotate_config.timeout_ms=200,rotate_config.max_attempts=1"
+        c.executor.action_policy = "health_check.max_attempts=3,health_check.backoff_ms=20,rotate_config.timeout_ms=200,rotate_config.max_attempts=1"
             .parse()
             .unwrap()
     })
@@ -333,8 +375,8 @@ both_backends!(graceful_shutdown_loses_no_job);
 async fn graceful_shutdown_loses_no_job(backend: Backend) {
     let db = TestDb::new(backend).await;
     let app = TestApp::spawn_with(db.clone(), |c| {
-        c.workers = 4;
-        c.shutdown_grace_secs = 1;
+        c.executor.workers = 4;
+        c.executor.shutdown_grace_secs = 1;
     })
     .await;
     let mut ids = Vec::new();
@@ -363,7 +405,7 @@ async fn graceful_shutdown_loses_no_job(backend: Backend) {
 both_backends!(healthz_stays_fast_while_a_thousand_jobs_run);
 async fn healthz_stays_fast_while_a_thousand_jobs_run(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let app = TestApp::spawn_with(db, |c| c.workers = 1000).await;
+    let app = TestApp::spawn_with(db, |c| c.executor.workers = 1000).await;
     let bodies = (0..1000).map(|_| job_body("health_check", 6_000, false)).collect();
     post_many(&app.client, &app.addr, bodies, 32).await;
 

@@ -5,11 +5,10 @@ mod simulated;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use serde_json::Value;
 
-pub use simulated::SimulatedRunner;
+pub use simulated::{SimDuration, SimulatedRunner};
 
 use crate::jobs::Action;
 
@@ -40,23 +39,4 @@ pub type RunFuture<'a> = Pin<Box<dyn Future<Output = Result<Value, RunError>> + 
 pub trait Runner: Send + Sync {
     /// Runs one attempt; the `Ok` value is stored as the job's `result`.
     fn run<'a>(&'a self, request: &'a RunRequest) -> RunFuture<'a>;
-}
-
-/// Which runner performs each action.
-#[derive(Clone)]
-pub struct Runners {
-    by_action: [Arc<dyn Runner>; 3],
-}
-
-impl Runners {
-    /// The same runner for every action.
-    pub fn all(runner: Arc<dyn Runner>) -> Self {
-        Self { by_action: [runner.clone(), runner.clone(), runner] }
-    }
-
-    /// The runner for an action.
-    pub fn get(&self, action: Action) -> &Arc<dyn Runner> {
-        let i = Action::ALL.iter().position(|a| *a == action).unwrap_or(0);
-        &self.by_action[i]
-    }
 }

@@ -2,13 +2,52 @@
 //! `GATEWAY_SIM_DURATION_MS` / `GATEWAY_SIM_FAILURE_RATE`, or exactly as a job's
 //! `parameters.simulate = {"duration_ms": N, "fail": bool}` says (deterministic tests).
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
 use rand::Rng;
 use serde_json::json;
 
 use super::{RunError, RunFuture, RunRequest, Runner};
-use crate::config::SimDuration;
+
+/// Simulated run time: a fixed number of milliseconds or a uniform range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimDuration {
+    /// Shortest, in milliseconds.
+    pub min_ms: u64,
+    /// Longest, in milliseconds.
+    pub max_ms: u64,
+}
+
+impl FromStr for SimDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let num = |p: &str| p.trim().parse::<u64>().map_err(|_| format!("'{p}' is not a whole number of milliseconds"));
+        let (min_ms, max_ms) = match s.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None => (num(s)?, num(s)?),
+        };
+        if min_ms > max_ms {
+            return Err(format!("minimum {min_ms} is above maximum {max_ms}"));
+        }
+        if max_ms > 86_400_000 {
+            return Err("longer than a day".into());
+        }
+        Ok(Self { min_ms, max_ms })
+    }
+}
+
+impl fmt::Display for SimDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.min_ms == self.max_ms {
+            write!(f, "{}", self.min_ms)
+        } else {
+            write!(f, "{}-{}", self.min_ms, self.max_ms)
+        }
+    }
+}
 
 /// Simulates actions.
 #[derive(Debug, Clone)]
@@ -62,10 +101,18 @@ impl Runner for SimulatedRunner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sim_duration_accepts_ranges_and_refuses_reversed_ones() {
+        assert_eq!("5-20".parse::<SimDuration>().unwrap(), SimDuration { min_ms: 5, max_ms: 20 });
+        assert!("20-5".parse::<SimDuration>().is_err());
+        assert!("abc".parse::<SimDuration>().is_err());
+    }
+
     use crate::jobs::Action;
 
     fn req(params: serde_json::Value) -> RunRequest {
-        RunRequest { action: Action::HealthCheck, target: "t".into(), parameters: params, attempt: 1 }
+        RunRequest { action: Action::new("health_check").unwrap(), target: "t".into(), parameters: params, attempt: 1 }
     }
 
     #[tokio::test]

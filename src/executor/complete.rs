@@ -1,0 +1,76 @@
+//! The completer: writes what attempts ended with, in batches, and records their metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::{Ctx, Finished, MAX_COMPLETE};
+use crate::jobs::JobStatus;
+use crate::store::{self, Completion};
+
+/// Writes completions in batches: one transaction for everything that finished meanwhile.
+pub(super) async fn complete_loop(ctx: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<Finished>) {
+    let mut batch = Vec::with_capacity(MAX_COMPLETE);
+    loop {
+        let first = tokio::select! {
+            f = rx.recv() => f,
+            // All workers are gone and shutdown is complete: drain what is left, then stop.
+            _ = ctx.hard_stop.cancelled(), if rx.is_empty() && ctx.running.lock().map(|r| r.is_empty()).unwrap_or(true) => None,
+        };
+        let Some(first) = first else { break };
+        crate::batch::gather(first, &mut rx, MAX_COMPLETE, &mut batch);
+        write_completions(&ctx, std::mem::take(&mut batch)).await;
+    }
+    while let Ok(f) = rx.try_recv() {
+        batch.push(f);
+    }
+    if !batch.is_empty() {
+        write_completions(&ctx, batch).await;
+    }
+}
+
+pub(super) async fn write_completions(ctx: &Ctx, batch: Vec<Finished>) {
+    let completions: Vec<Completion> = batch.iter().map(|f| f.completion.clone()).collect();
+    let mut delay = Duration::from_millis(50);
+    // Keep trying while the database is unavailable; if this process dies meanwhile, the
+    // leases expire and recovery settles the jobs.
+    let statuses = loop {
+        match ctx.store.finish_batch(&completions).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, jobs = completions.len(), "writing job results failed; retrying");
+                if delay > Duration::from_secs(60) {
+                    tracing::error!(
+                        jobs = completions.len(),
+                        "giving up on job results; lease recovery will settle them"
+                    );
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    };
+    // Receivers: cancels waiting in `Executor::cancel`.
+    ctx.settled.notify_waiters();
+    let now = store::now_us();
+    for (f, status) in batch.iter().zip(statuses) {
+        let id = f.completion.id;
+        match status {
+            Some(JobStatus::Pending) => {
+                ctx.metrics.job_retried(f.action);
+                tracing::info!(job_id = %id, action = %f.action, target = %f.target, attempt = f.completion.attempt, "job attempt failed; retry scheduled");
+            }
+            Some(status) if status.is_terminal() => {
+                let took = Duration::from_micros(now.saturating_sub(f.started_at).max(0) as u64);
+                ctx.metrics.job_finished(f.action, status, Some(took));
+                tracing::info!(job_id = %id, action = %f.action, target = %f.target, status = %status, duration_ms = took.as_millis() as u64, "job finished");
+            }
+            Some(_) => {}
+            None => {
+                tracing::warn!(job_id = %id, action = %f.action, target = %f.target, attempt = f.completion.attempt, "result discarded: the attempt is no longer current (lease lost)")
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The dispatcher: claims batches of runnable jobs into the bounded worker pool.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Ctx, worker};
+
+/// Most jobs claimed in one statement.
+const MAX_CLAIM: usize = 256;
+
+/// Claims work whenever there are free workers and something may be runnable. A wake-up is
+/// never lost: the `Notified` futures are enabled before the claim query runs.
+pub(super) async fn dispatch_loop(ctx: Arc<Ctx>, permits: Arc<Semaphore>, poll: Duration, stop: CancellationToken) {
+    let enqueued = ctx.store.enqueued_signal();
+    let mut workers = JoinSet::new();
+    let mut backoff = Duration::from_millis(50);
+    let pool = permits.available_permits();
+    // While a backlog is waiting, claim in batches of at least a quarter of the pool: claiming
+    // one job per freed slot would cost one transaction (an fsync on SQLite) per job.
+    let batch_min = (pool / 4).clamp(1, MAX_CLAIM);
+    let mut backlog = false;
+    loop {
+        let woke = enqueued.notified();
+        let freed = ctx.capacity.notified();
+        tokio::pin!(woke, freed);
+        woke.as_mut().enable();
+        freed.as_mut().enable();
+
+        let free = permits.available_permits().min(MAX_CLAIM);
+        let worth_it = free > 0 && (!backlog || free >= batch_min || free == pool);
+        if worth_it && !stop.is_cancelled() {
+            // The lease starts before the claim is sent (the database computes it from its own
+            // clock at about that time): the local deadline must never end later than the real one.
+            let lease_from = Instant::now();
+            match ctx.store.claim_batch(ctx.owner, free, ctx.lease_us).await {
+                Ok(jobs) => {
+                    let claimed_at = Instant::now();
+                    backoff = Duration::from_millis(50);
+                    backlog = jobs.len() == free;
+                    for job in jobs {
+                        // Cannot fail: we asked for no more jobs than there are free permits
+                        // and only this loop takes permits.
+                        let Ok(permit) = permits.clone().try_acquire_owned() else {
+                            break;
+                        };
+                        workers.spawn(worker::run(ctx.clone(), job, permit, lease_from, claimed_at));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming jobs failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        }
+        while workers.try_join_next().is_some() {}
+        if backlog && permits.available_permits() >= batch_min {
+            continue;
+        }
+        if stop.is_cancelled() {
+            break;
+        }
+        tokio::select! {
+            _ = &mut woke => {}
+            _ = &mut freed, if permits.available_permits() > 0 => {}
+            _ = tokio::time::sleep(poll) => {}
+            _ = stop.cancelled() => {}
+            Some(_) = workers.join_next() => {}
+        }
+    }
+    // Draining: wait for every attempt (the grace timer interrupts stragglers).
+    while workers.join_next().await.is_some() {}
+}

@@ -1,0 +1,184 @@
+//! Leases: heartbeats (which also stop attempts whose lease is gone and pick up remote
+//! cancels), recovery of jobs whose lease expired, and (PostgreSQL) LISTEN for wake-ups and
+//! cancels from other replicas.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::complete::write_completions;
+use super::policy::lost_outcome;
+use super::{Ctx, Finished, MAX_COMPLETE, Ticker};
+use crate::jobs::JobId;
+use crate::store::{self, Completion, Outcome};
+
+/// Extends this process's leases, stops the attempts whose lease is gone, and picks up cancels
+/// requested through other replicas.
+///
+/// A lease can be lost two ways, and an attempt that lost it must stop at once: with a real
+/// runner, a job reported FAILED ("worker lost") by the replica that recovered it must not go on
+/// restarting a service. (1) Locally: no heartbeat succeeded for a whole lease (this process was
+/// paused, or cut off from the database), so another process may have recovered the job; this
+/// needs no database and is checked first, before a new beat could hide the gap. (2) Remotely:
+/// the heartbeat's answer no longer lists a job running here, because another process recovered
+/// it. Attempts claimed after the beat was sent are not judged by it.
+pub(super) async fn heartbeat_loop(ctx: Arc<Ctx>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Keep heartbeating through the grace period: stop only at the hard stop.
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = ctx.hard_stop.cancelled() => return,
+        }
+        let sent = Instant::now();
+        expire_overdue(&ctx, sent);
+        // Always beat: rows stay RUNNING after their attempt ends until the completer has written
+        // them, and those must keep their lease too.
+        match ctx.store.heartbeat(ctx.owner, ctx.lease_us).await {
+            Ok(held) => {
+                if let Ok(mut last) = ctx.last_beat.lock() {
+                    *last = Some(sent);
+                }
+                fence_local(&ctx, &held, sent);
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}
+
+/// The end of the lease of an attempt whose own lease started at `lease_from`: a lease lasts
+/// from the later of its claim and the last successful heartbeat.
+pub(super) fn lease_end(ctx: &Ctx, lease_from: Instant) -> Instant {
+    end_of_lease(last_beat(ctx), lease_from, ctx.lease)
+}
+
+fn last_beat(ctx: &Ctx) -> Option<Instant> {
+    ctx.last_beat.lock().ok().and_then(|l| *l)
+}
+
+fn end_of_lease(last_beat: Option<Instant>, lease_from: Instant, lease: Duration) -> Instant {
+    last_beat.map_or(lease_from, |b| b.max(lease_from)) + lease
+}
+
+/// Stops every attempt whose lease ran out without a successful heartbeat.
+pub(super) fn expire_overdue(ctx: &Ctx, now: Instant) {
+    let last = last_beat(ctx);
+    let Ok(running) = ctx.running.lock() else { return };
+    for attempt in running.values() {
+        if now >= end_of_lease(last, attempt.lease_from, ctx.lease) {
+            attempt.expired.cancel();
+        }
+    }
+}
+
+/// Applies a heartbeat's answer: cancels requested elsewhere, and attempts taken over.
+pub(super) fn fence_local(ctx: &Ctx, held: &[store::Held], sent: Instant) {
+    let held: HashMap<JobId, &store::Held> = held.iter().map(|h| (h.id, h)).collect();
+    let Ok(running) = ctx.running.lock() else { return };
+    for (id, attempt) in running.iter() {
+        match held.get(id) {
+            Some(h) if h.attempt == attempt.attempt && h.cancel_requested => attempt.cancel.cancel(),
+            Some(h) if h.attempt == attempt.attempt => {}
+            _ if attempt.claimed_at < sent => attempt.taken_over.cancel(),
+            _ => {}
+        }
+    }
+}
+
+pub(super) fn cancel_local(ctx: &Ctx, ids: &[JobId]) {
+    if let Ok(running) = ctx.running.lock() {
+        for id in ids {
+            if let Some(a) = running.get(id) {
+                a.cancel.cancel();
+            }
+        }
+    }
+}
+
+/// Settles jobs whose lease expired.
+pub(super) async fn recovery_loop(ctx: Arc<Ctx>, every: Duration, stop: CancellationToken) {
+    let mut ticker = Ticker::new(every, stop.clone());
+    while ticker.next().await {
+        if let Err(e) = recover(&ctx, false).await {
+            tracing::warn!(error = %e, "lease recovery failed");
+        }
+    }
+}
+
+/// The lost-job policy: `fail` marks the job FAILED ("worker lost"); `retry` puts it back to
+/// PENDING while attempts remain. A requested cancel wins over both.
+pub(super) async fn recover(ctx: &Ctx, all_running: bool) -> Result<(), store::Error> {
+    loop {
+        let lost = ctx.store.expired_leases(all_running, MAX_COMPLETE).await?;
+        if lost.is_empty() {
+            return Ok(());
+        }
+        let now = store::now_us();
+        let batch: Vec<Finished> = lost
+            .iter()
+            .map(|l| {
+                let policy = ctx.catalog.policy(l.action);
+                let why = format!("worker lost: lease expired during attempt {}", l.attempt);
+                let outcome = if l.cancel_requested {
+                    Outcome::Canceled
+                } else {
+                    lost_outcome(policy.on_lost, policy.max_attempts, l.attempt, why, now)
+                };
+                tracing::warn!(job_id = %l.id, action = %l.action, target = %l.target, attempt = l.attempt, "recovering job from an expired lease");
+                ctx.metrics.lease_lost(l.action);
+                Finished { completion: Completion { id: l.id, attempt: l.attempt, outcome }, action: l.action, target: l.target.clone(), started_at: l.started_at.unwrap_or(now) }
+            })
+            .collect();
+        let n = batch.len();
+        write_completions(ctx, batch).await;
+        if n < MAX_COMPLETE {
+            return Ok(());
+        }
+    }
+}
+
+/// PostgreSQL LISTEN: wakes the dispatcher when any replica enqueues, and cancels local
+/// attempts when any replica asks. Polling covers the gaps while the connection is down.
+pub(super) async fn listen_loop(ctx: Arc<Ctx>, pool: sqlx::PgPool, stop: CancellationToken) {
+    let wake = ctx.store.enqueued_signal();
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "LISTEN connection failed; polling meanwhile");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = stop.cancelled() => return,
+                }
+            }
+        };
+        if let Err(e) = listener.listen_all([store::JOBS_CHANNEL, store::CANCEL_CHANNEL]).await {
+            tracing::debug!(error = %e, "LISTEN failed");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        // Anything sent while we were not listening is picked up by one claim now.
+        wake.notify_one();
+        loop {
+            let msg = tokio::select! {
+                m = listener.try_recv() => m,
+                _ = stop.cancelled() => return,
+            };
+            match msg {
+                Ok(Some(n)) if n.channel() == store::CANCEL_CHANNEL => {
+                    if let Ok(id) = n.payload().parse::<Uuid>() {
+                        cancel_local(&ctx, &[JobId(id)]);
+                    }
+                }
+                Ok(Some(_)) => wake.notify_one(),
+                // Connection lost: reconnect (try_recv would resume silently otherwise).
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+}
