@@ -36,16 +36,20 @@ async fn a_fourth_action_is_one_catalog_entry(backend: Backend) {
     use automation_gateway::executor::ActionEntry;
     use automation_gateway::jobs::Action;
 
-    let app = TestApp::spawn_with_catalog(TestDb::new(backend).await, |_| {}, |_, built_in| {
-        let mut entries = built_in.entries().to_vec();
-        let template = entries[2].clone();
-        entries.push(ActionEntry {
-            action: Action::new("flush_cache").unwrap(),
-            description: "Flush a cache.".into(),
-            ..template
-        });
-        ActionCatalog::new(entries).unwrap()
-    })
+    let app = TestApp::spawn_with_catalog(
+        TestDb::new(backend).await,
+        |_| {},
+        |_, built_in| {
+            let mut entries = built_in.entries().to_vec();
+            let template = entries[2].clone();
+            entries.push(ActionEntry {
+                action: Action::new("flush_cache").unwrap(),
+                description: "Flush a cache.".into(),
+                ..template
+            });
+            ActionCatalog::new(entries).unwrap()
+        },
+    )
     .await;
     let id = app.create("flush_cache", 1, false).await;
     let job = app.wait_for(id, &["SUCCESS"], Duration::from_secs(10)).await;
@@ -54,17 +58,19 @@ async fn a_fourth_action_is_one_catalog_entry(backend: Backend) {
         app.client.get(app.url("/v1/jobs?action=flush_cache")).send().await.unwrap().json().await.unwrap();
     assert_eq!(listed["items"].as_array().map(Vec::len), Some(1), "{listed}");
     let samples = app.metrics().await;
-    assert_eq!(value(&samples, "automation_jobs_total", &[("action", "flush_cache"), ("status", "SUCCESS")]), Some(1.0));
+    assert_eq!(
+        value(&samples, "automation_jobs_total", &[("action", "flush_cache"), ("status", "SUCCESS")]),
+        Some(1.0)
+    );
     assert_eq!(value(&samples, "automation_jobs_total", &[("action", "flush_cache"), ("status", "FAILED")]), Some(0.0));
     let spec = app.client.get(app.url("/openapi.json")).send().await.unwrap().text().await.unwrap();
     assert!(spec.contains("`flush_cache`"), "the OpenAPI document lists the new action");
-    let unknown: Value = app
-        .post_job(&json!({"action": "nope", "target": "x", "requested_by": "me"}))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(unknown["supported_actions"], json!(["restart_service", "rotate_config", "health_check", "flush_cache"]));
+    let unknown: Value =
+        app.post_job(&json!({"action": "nope", "target": "x", "requested_by": "me"})).await.json().await.unwrap();
+    assert_eq!(
+        unknown["supported_actions"],
+        json!(["restart_service", "rotate_config", "health_check", "flush_cache"])
+    );
     app.stop().await;
 }
 
