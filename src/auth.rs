@@ -19,28 +19,16 @@ pub enum Error {
     /// The file could not be read.
     #[error("cannot read tokens file {path}: {source}")]
     Read {
-        /// The path.
         path: PathBuf,
-        /// Why.
         #[source]
         source: std::io::Error,
     },
     /// The file is not valid.
     #[error("invalid tokens file {path}: {reason}")]
-    Invalid {
-        /// The path.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
+    Invalid { path: PathBuf, reason: String },
     /// The file is larger than any real tokens file.
     #[error("tokens file {path} is {size} bytes, over the {MAX_FILE_BYTES}-byte limit; not read")]
-    TooLarge {
-        /// The path.
-        path: PathBuf,
-        /// Its size.
-        size: u64,
-    },
+    TooLarge { path: PathBuf, size: u64 },
 }
 
 /// Largest tokens file read: about 5 000 tokens. A larger file is a mistake or an attack, and

@@ -124,7 +124,10 @@ impl From<store::Error> for Problem {
                 "shutting-down",
                 "the service is shutting down; retry on another replica",
             ),
-            store::Error::Other(_) | store::Error::Corrupt(_) | store::Error::Internal(_) => {
+            store::Error::Other(_)
+            | store::Error::Corrupt(_)
+            | store::Error::Settings(_)
+            | store::Error::Internal(_) => {
                 tracing::error!(error = %e, error.cause = ?std::error::Error::source(&e), "internal error");
                 Self::internal()
             }

@@ -13,7 +13,6 @@ use crate::jobs::{self, Action};
 /// One action: what it is called, what it does, how it is run.
 #[derive(Clone)]
 pub struct ActionEntry {
-    /// The name.
     pub action: Action,
     /// What it does, for people (`/docs`, `GET /v1/actions` later).
     pub description: String,
@@ -69,7 +68,6 @@ pub enum CatalogError {
     /// An override names an action the catalog does not have.
     #[error("GATEWAY_ACTION_POLICY names unknown action '{given}'; actions: {}", known.join(", "))]
     UnknownAction {
-        /// The name given.
         given: String,
         /// The catalog's actions.
         known: Vec<&'static str>,
@@ -154,7 +152,6 @@ impl ActionCatalog {
         self.entries.iter().map(|e| e.action.as_str()).collect()
     }
 
-    /// The entries.
     pub fn entries(&self) -> &[ActionEntry] {
         &self.entries
     }

@@ -230,7 +230,7 @@ impl Executor {
 }
 
 fn poisoned() -> store::Error {
-    store::Error::Other(sea_orm::DbErr::Custom("executor state lock poisoned".into()))
+    store::Error::Internal("executor state lock poisoned".into())
 }
 
 /// The clock of a periodic background loop: the first tick at once, then every period (a late

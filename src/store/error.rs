@@ -36,6 +36,9 @@ pub enum Error {
     /// A stored value the service cannot read (a status it does not know, a malformed name).
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// The store's settings are unusable (an invalid database URL).
+    #[error("{0}")]
+    Settings(String),
     /// A broken invariant of the store itself (not the database's).
     #[error("internal store error: {0}")]
     Internal(String),

@@ -3,19 +3,16 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
-use sea_orm::{ConnectionTrait, QueryResult, TransactionTrait, Value};
-use serde_json::Value as Json;
+use sea_orm::{ConnectionTrait, TransactionTrait, Value};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{Backend, Error, JOBS_CHANNEL, Store, exec, get, now_us, values_in_chunks};
+use super::rows::{self, JOB_COLUMNS, get};
+use super::{Backend, Error, JOBS_CHANNEL, Store, exec, now_us, values_in_chunks};
 use crate::jobs::{Action, Job, JobEvent, JobId, JobStatus, NewJob};
 
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 512;
-
-/// Columns read back into a `Job`.
-pub(super) const JOB_COLUMNS: &str = "id, action, target, requested_by, parameters, status, attempts, error, result, created_at, started_at, finished_at, cancel_requested, submitted_by";
 
 /// The answer to an enqueue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +52,6 @@ pub struct JobFilter {
 /// One page of jobs, newest first.
 #[derive(Debug, Clone)]
 pub struct Page {
-    /// The jobs.
     pub items: Vec<Job>,
     /// Pass as `before` for the next page; `None` on the last page.
     pub next: Option<JobId>,
@@ -128,7 +124,7 @@ impl Store {
         values.push(((limit + 1) as i64).into());
         sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", values.len()));
         let rows = self.inner.read.query_all_raw(self.stmt(&sql, values)).await?;
-        let mut items = rows.iter().map(row_to_job).collect::<Result<Vec<_>, _>>()?;
+        let mut items = rows.iter().map(rows::job).collect::<Result<Vec<_>, _>>()?;
         let next = if items.len() as u64 > limit {
             items.truncate(limit as usize);
             items.last().map(|j| j.id)
@@ -150,7 +146,11 @@ impl Store {
             let done = exec(
                 &txn,
                 self.stmt(
-                    "UPDATE jobs SET status = 'CANCELED', finished_at = $1, error = 'canceled by request' WHERE id = $2 AND status = 'PENDING'",
+                    &format!(
+                        "UPDATE jobs SET status = {canceled}, finished_at = $1, error = 'canceled by request' WHERE id = $2 AND status = {pending}",
+                        canceled = rows::sql(JobStatus::Canceled),
+                        pending = rows::sql(JobStatus::Pending)
+                    ),
                     vec![now.into(), id.0.into()],
                 ),
             )
@@ -161,7 +161,10 @@ impl Store {
                 let marked = exec(
                     &txn,
                     self.stmt(
-                        "UPDATE jobs SET cancel_requested = TRUE WHERE id = $1 AND status = 'RUNNING'",
+                        &format!(
+                            "UPDATE jobs SET cancel_requested = TRUE WHERE id = $1 AND status = {}",
+                            rows::sql(JobStatus::Running)
+                        ),
                         vec![id.0.into()],
                     ),
                 )
@@ -208,17 +211,7 @@ impl Store {
                 vec![id.0.into()],
             ))
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(JobEvent {
-                    at: get(r, "at")?,
-                    event: get(r, "event")?,
-                    actor: get(r, "actor")?,
-                    request_id: get(r, "request_id")?,
-                    detail: get(r, "detail")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::event).collect()
     }
 
     async fn get_from_writer(&self, id: JobId) -> Result<JobStatus, Error> {
@@ -228,7 +221,7 @@ impl Store {
             .query_one_raw(self.stmt("SELECT status FROM jobs WHERE id = $1", vec![id.0.into()]))
             .await?
             .ok_or(Error::NotFound)?;
-        parse_status(&get::<String>(&row, "status")?)
+        rows::status(&row)
     }
 }
 
@@ -294,8 +287,12 @@ async fn insert_batch(store: &Store, requests: &[EnqueueRequest]) -> Result<Vec<
     let mut room = requests.len() as u64;
     let estimate = inner.pending_estimate.load(Ordering::Relaxed).max(0) as u64;
     if estimate + room > max {
-        let row =
-            txn.query_one_raw(store.stmt("SELECT COUNT(*) AS n FROM jobs WHERE status = 'PENDING'", vec![])).await?;
+        let row = txn
+            .query_one_raw(store.stmt(
+                &format!("SELECT COUNT(*) AS n FROM jobs WHERE status = {}", rows::sql(JobStatus::Pending)),
+                vec![],
+            ))
+            .await?;
         let pending = row.map(|r| get::<i64>(&r, "n")).transpose()?.unwrap_or(0).max(0) as u64;
         inner.pending_estimate.store(pending as i64, Ordering::Relaxed);
         room = max.saturating_sub(pending).min(room);
@@ -326,7 +323,7 @@ async fn insert_batch(store: &Store, requests: &[EnqueueRequest]) -> Result<Vec<
         inner.backend,
         "INSERT INTO jobs (id, action, target, requested_by, parameters, status, attempts, created_at, run_at, \
          cancel_requested, idempotency_key, request_fingerprint, submitted_by)",
-        "(#,#,#,#,#,'PENDING',0,#,#,FALSE,#,#,#)",
+        &format!("(#,#,#,#,#,{},0,#,#,FALSE,#,#,#)", rows::sql(JobStatus::Pending)),
         "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
         rows,
     )
@@ -359,7 +356,7 @@ async fn insert_batch(store: &Store, requests: &[EnqueueRequest]) -> Result<Vec<
                 get::<String>(&row, "idempotency_key")?,
                 (
                     JobId(get::<Uuid>(&row, "id")?),
-                    parse_status(&get::<String>(&row, "status")?)?,
+                    rows::status(&row)?,
                     get::<Option<String>>(&row, "request_fingerprint")?,
                 ),
             );
@@ -405,40 +402,9 @@ async fn insert_batch(store: &Store, requests: &[EnqueueRequest]) -> Result<Vec<
                     Ok(Enqueued { id: *id, status: *status, created: false })
                 }
                 Some(_) => Err(Error::Conflict("Idempotency-Key was already used with a different request".into())),
-                None => Err(Error::Other(sea_orm::DbErr::Custom("row neither inserted nor found".into()))),
+                None => Err(Error::Internal("a row was neither inserted nor found".into())),
             }
         })
         .collect();
     Ok(results)
-}
-
-pub(super) fn parse_status(s: &str) -> Result<JobStatus, Error> {
-    s.parse().map_err(|_| Error::Corrupt(format!("unknown status '{s}' in the database")))
-}
-
-pub(super) fn parse_action(s: &str) -> Result<Action, Error> {
-    Action::new(s).map_err(|_| Error::Corrupt(format!("malformed action name '{s}' in the database")))
-}
-
-fn parse_json(s: Option<String>) -> Result<Option<Json>, Error> {
-    s.map(|s| serde_json::from_str(&s).map_err(|e| Error::Other(sea_orm::DbErr::Json(e.to_string())))).transpose()
-}
-
-pub(super) fn row_to_job(row: &QueryResult) -> Result<Job, Error> {
-    Ok(Job {
-        id: JobId(get::<Uuid>(row, "id")?),
-        action: parse_action(&get::<String>(row, "action")?)?,
-        target: get(row, "target")?,
-        requested_by: get(row, "requested_by")?,
-        parameters: parse_json(Some(get(row, "parameters")?))?.unwrap_or_default(),
-        status: parse_status(&get::<String>(row, "status")?)?,
-        attempts: get(row, "attempts")?,
-        error: get(row, "error")?,
-        result: parse_json(get(row, "result")?)?,
-        created_at: get(row, "created_at")?,
-        started_at: get(row, "started_at")?,
-        finished_at: get(row, "finished_at")?,
-        cancel_requested: get(row, "cancel_requested")?,
-        submitted_by: get(row, "submitted_by")?,
-    })
 }

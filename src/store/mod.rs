@@ -8,6 +8,7 @@ mod error;
 mod jobs;
 mod queue;
 mod reads;
+mod rows;
 mod settings;
 
 use std::str::FromStr;
@@ -94,11 +95,9 @@ impl Store {
     /// Connects, creating a SQLite file if missing. Does not migrate.
     pub async fn connect(config: &Settings) -> Result<Self, Error> {
         let db_url = &config.database_url;
-        db_url.check().map_err(|e| Error::Other(sea_orm::DbErr::Custom(e)))?;
+        db_url.check().map_err(Error::Settings)?;
         let url = db_url.expose();
-        let invalid = |e: sqlx::Error| {
-            Error::Other(sea_orm::DbErr::Custom(db_url.scrub(&format!("invalid DATABASE_URL {db_url}: {e}"))))
-        };
+        let invalid = |e: sqlx::Error| Error::Settings(db_url.scrub(&format!("invalid DATABASE_URL {db_url}: {e}")));
         let (backend, write, read) = if config.database_url.is_postgres() {
             let (url, dropped) = db_url.for_driver();
             for name in dropped {
@@ -240,8 +239,10 @@ impl Store {
         Ok(())
     }
 
-    /// Records the outcome of a write for readiness: a write refused for want of room or of a
-    /// database marks writes as failing; any committed write clears that.
+    /// Records the outcome of a job-sized write for readiness (an enqueue, the probe): a write
+    /// refused for want of room or of a database marks writes as failing; a committed one clears
+    /// that. The executor's smaller writes report only their failures (`note_write_failure`): a
+    /// claim that fits on a full disk says nothing about whether a new job would.
     pub(crate) fn note_write<T>(&self, result: &Result<T, Error>) {
         let failing = match result {
             Ok(_) => None,
@@ -262,6 +263,13 @@ impl Store {
                 h.last_probe = Some(std::time::Instant::now());
             }
             h.failing = failing;
+        }
+    }
+
+    /// `note_write` for a write whose success proves nothing about room for new jobs.
+    pub(crate) fn note_write_failure<T>(&self, result: &Result<T, Error>) {
+        if result.is_err() {
+            self.note_write(result);
         }
     }
 
@@ -319,6 +327,15 @@ fn healthy_after_use<C: sqlx::Connection>(conn: &mut C) -> bool {
     true
 }
 
+#[cfg(test)]
+#[test]
+fn only_placeholders_are_rewritten_for_sqlite() {
+    assert_eq!(
+        sqlite_placeholders("SELECT '$1', \"a$2\" FROM t WHERE x = $1 AND y = $12 AND z = '$'"),
+        "SELECT '$1', \"a$2\" FROM t WHERE x = ?1 AND y = ?12 AND z = '$'"
+    );
+}
+
 fn write_failure(e: &Error) -> String {
     match e {
         Error::StorageFull(_) => "database storage is full (disk full or GATEWAY_SQLITE_MAX_SIZE_MB reached)".into(),
@@ -331,8 +348,29 @@ fn write_failure(e: &Error) -> String {
 fn stmt(backend: Backend, sql: &str, values: Vec<Value>) -> Statement {
     match backend {
         Backend::Postgres => Statement::from_sql_and_values(DbBackend::Postgres, sql, values),
-        Backend::Sqlite => Statement::from_sql_and_values(DbBackend::Sqlite, sql.replace('$', "?"), values),
+        Backend::Sqlite => Statement::from_sql_and_values(DbBackend::Sqlite, sqlite_placeholders(sql), values),
     }
+}
+
+/// `$N` placeholders as `?N`: only a `$` followed by a digit, outside quoted literals and
+/// identifiers, is a placeholder.
+fn sqlite_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut quote: Option<char> = None;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), _) if c == q => quote = None,
+            (None, '$') if chars.peek().is_some_and(char::is_ascii_digit) => {
+                out.push('?');
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Microseconds since the Unix epoch, now.
@@ -386,8 +424,4 @@ async fn values_in_chunks(
         rows = rest;
     }
     Ok(out)
-}
-
-fn get<T: sea_orm::TryGetable>(row: &QueryResult, col: &str) -> Result<T, Error> {
-    row.try_get::<T>("", col).map_err(Error::Other)
 }

@@ -9,20 +9,16 @@ use sea_orm::{ConnectionTrait, TransactionTrait, Value};
 use serde_json::Value as Json;
 use uuid::Uuid;
 
-use super::jobs::{parse_action, parse_status};
-use super::{Backend, Error, Store, get, now_us};
+use super::rows::{self, get};
+use super::{Backend, Error, Store, now_us};
 use crate::jobs::{Action, JobId, JobStatus};
 
 /// A job handed to a worker, with the lease this process now holds on it.
 #[derive(Debug, Clone)]
 pub struct ClaimedJob {
-    /// Identifier.
     pub id: JobId,
-    /// Action to run.
     pub action: Action,
-    /// Target.
     pub target: String,
-    /// Parameters (a JSON object).
     pub parameters: Json,
     /// This attempt's number, from 1: the fencing token for every later write.
     pub attempt: i32,
@@ -56,22 +52,18 @@ pub enum Outcome {
 /// One finished attempt, to be written by `finish_batch`.
 #[derive(Debug, Clone)]
 pub struct Completion {
-    /// The job.
     pub id: JobId,
     /// The attempt that finished (fencing token).
     pub attempt: i32,
-    /// What happened.
     pub outcome: Outcome,
 }
 
 /// A job whose lease expired: its worker died or hung.
 #[derive(Debug, Clone)]
 pub struct LostJob {
-    /// The job.
     pub id: JobId,
     /// Its action (the lost-job policy is per action).
     pub action: Action,
-    /// Its target.
     pub target: String,
     /// The attempt that was lost.
     pub attempt: i32,
@@ -84,7 +76,6 @@ pub struct LostJob {
 /// A job whose lease a heartbeat extended.
 #[derive(Debug, Clone, Copy)]
 pub struct Held {
-    /// The job.
     pub id: JobId,
     /// The attempt the lease belongs to.
     pub attempt: i32,
@@ -113,10 +104,11 @@ impl Store {
             Backend::Postgres => ("", "FOR UPDATE SKIP LOCKED"),
             Backend::Sqlite => ("INDEXED BY jobs_pending_idx", ""),
         };
+        let (running, pending) = (rows::sql(JobStatus::Running), rows::sql(JobStatus::Pending));
         let sql = format!(
-            "UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1, lease_owner = $1, lease_until = $2, \
+            "UPDATE jobs SET status = {running}, attempts = attempts + 1, lease_owner = $1, lease_until = $2, \
              started_at = COALESCE(started_at, $3) \
-             WHERE id IN (SELECT id FROM jobs {index} WHERE status = 'PENDING' AND run_at <= $3 ORDER BY run_at, id LIMIT $4 {lock}) \
+             WHERE id IN (SELECT id FROM jobs {index} WHERE status = {pending} AND run_at <= $3 ORDER BY run_at, id LIMIT $4 {lock}) \
              RETURNING id, action, target, parameters, attempts, created_at, started_at"
         );
         let rows = self
@@ -127,25 +119,9 @@ impl Store {
             )
             .await
             .map_err(Error::from);
-        // A claim of nothing writes nothing, so only a claim of something proves writes work.
-        if rows.as_ref().map_or(true, |r| !r.is_empty()) {
-            self.note_write(&rows);
-        }
+        self.note_write_failure(&rows);
         let rows = rows?;
-        let mut jobs = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let attempt: i32 = get(row, "attempts")?;
-            jobs.push(ClaimedJob {
-                id: JobId(get::<Uuid>(row, "id")?),
-                action: parse_action(&get::<String>(row, "action")?)?,
-                target: get(row, "target")?,
-                parameters: serde_json::from_str(&get::<String>(row, "parameters")?).unwrap_or_default(),
-                attempt,
-                created_at: get(row, "created_at")?,
-                started_at: get::<Option<i64>>(row, "started_at")?.unwrap_or(now),
-                first_attempt: attempt == 1,
-            });
-        }
+        let jobs = rows.iter().map(|r| rows::claimed(r, now)).collect::<Result<Vec<_>, _>>()?;
         self.add_pending_estimate(-(jobs.len() as i64));
         Ok(jobs)
     }
@@ -164,19 +140,12 @@ impl Store {
         };
         let sql = format!(
             "UPDATE jobs SET lease_until = $1 WHERE id IN \
-             (SELECT id FROM jobs WHERE lease_owner = $2 AND status = 'RUNNING' {lock}) \
-             RETURNING id, attempts, cancel_requested"
+             (SELECT id FROM jobs WHERE lease_owner = $2 AND status = {running} {lock}) \
+             RETURNING id, attempts, cancel_requested",
+            running = rows::sql(JobStatus::Running)
         );
         let rows = self.inner.write.query_all_raw(self.stmt(&sql, vec![until.into(), owner.into()])).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Held {
-                    id: JobId(get::<Uuid>(r, "id")?),
-                    attempt: get(r, "attempts")?,
-                    cancel_requested: get(r, "cancel_requested")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::held).collect()
     }
 
     /// Writes a batch of finished attempts in one transaction, one statement per chunk. Returns,
@@ -184,7 +153,7 @@ impl Store {
     /// longer current).
     pub async fn finish_batch(&self, batch: &[Completion]) -> Result<Vec<Option<JobStatus>>, Error> {
         let result = self.write_finished(batch).await;
-        self.note_write(&result);
+        self.note_write_failure(&result);
         result
     }
 
@@ -199,10 +168,14 @@ impl Store {
                 let c = &batch[i];
                 let (status, result, error, run_at): (&str, Option<String>, Option<String>, Option<i64>) =
                     match &c.outcome {
-                        Outcome::Success(r) => ("SUCCESS", Some(r.to_string()), None, None),
-                        Outcome::Failed(e) => ("FAILED", None, Some(e.clone()), None),
-                        Outcome::Canceled => ("CANCELED", None, Some("canceled by request".to_owned()), None),
-                        Outcome::Retry { error, run_at } => ("PENDING", None, Some(error.clone()), Some(*run_at)),
+                        Outcome::Success(r) => (JobStatus::Success.as_str(), Some(r.to_string()), None, None),
+                        Outcome::Failed(e) => (JobStatus::Failed.as_str(), None, Some(e.clone()), None),
+                        Outcome::Canceled => {
+                            (JobStatus::Canceled.as_str(), None, Some("canceled by request".to_owned()), None)
+                        }
+                        Outcome::Retry { error, run_at } => {
+                            (JobStatus::Pending.as_str(), None, Some(error.clone()), Some(*run_at))
+                        }
                     };
                 vec![
                     c.id.0.into(),
@@ -216,12 +189,16 @@ impl Store {
             })
             .collect();
         // A retry becomes CANCELED instead when a cancel was requested meanwhile.
-        let prefix = "UPDATE jobs SET \
-             status = CASE WHEN v.column3 = 'PENDING' AND jobs.cancel_requested THEN 'CANCELED' ELSE v.column3 END, \
-             finished_at = CASE WHEN v.column3 = 'PENDING' AND NOT jobs.cancel_requested THEN NULL ELSE v.column7 END, \
+        let (pending, canceled, running) =
+            (rows::sql(JobStatus::Pending), rows::sql(JobStatus::Canceled), rows::sql(JobStatus::Running));
+        let prefix = format!(
+            "UPDATE jobs SET \
+             status = CASE WHEN v.column3 = {pending} AND jobs.cancel_requested THEN {canceled} ELSE v.column3 END, \
+             finished_at = CASE WHEN v.column3 = {pending} AND NOT jobs.cancel_requested THEN NULL ELSE v.column7 END, \
              result = v.column4, error = v.column5, run_at = COALESCE(v.column6, jobs.run_at), \
              lease_owner = NULL, lease_until = NULL \
-             FROM (";
+             FROM ("
+        );
         let row = match self.inner.backend {
             // PostgreSQL types the VALUES list from its first row; say what each column is.
             Backend::Postgres => "(#::uuid,#::int4,#::text,#::text,#::text,#::int8,#::int8)",
@@ -231,16 +208,18 @@ impl Store {
         let written = super::values_in_chunks(
             &txn,
             self.inner.backend,
-            prefix,
+            &prefix,
             row,
-            ") AS v WHERE jobs.id = v.column1 AND jobs.attempts = v.column2 AND jobs.status = 'RUNNING' \
-             RETURNING jobs.id AS id, jobs.status AS status",
+            &format!(
+                ") AS v WHERE jobs.id = v.column1 AND jobs.attempts = v.column2 AND jobs.status = {running} \
+             RETURNING jobs.id AS id, jobs.status AS status"
+            ),
             rows,
         )
         .await?;
         let mut by_id = std::collections::HashMap::with_capacity(written.len());
         for r in &written {
-            by_id.insert(get::<Uuid>(r, "id")?, parse_status(&get::<String>(r, "status")?)?);
+            by_id.insert(rows::id(r)?, rows::status(r)?);
         }
         let requeued = by_id.values().filter(|s| **s == JobStatus::Pending).count() as i64;
         if requeued > 0 && self.inner.backend == Backend::Postgres {
@@ -248,7 +227,7 @@ impl Store {
         }
         txn.commit().await?;
         self.add_pending_estimate(requeued);
-        Ok(batch.iter().map(|c| by_id.get(&c.id.0).copied()).collect())
+        Ok(batch.iter().map(|c| by_id.get(&c.id).copied()).collect())
     }
 
     /// RUNNING jobs whose lease ended before now. With `all_running`, every RUNNING job
@@ -259,22 +238,14 @@ impl Store {
             .inner
             .write
             .query_all_raw(self.stmt(
-                "SELECT id, action, target, attempts, started_at, cancel_requested FROM jobs WHERE status = 'RUNNING' AND lease_until < $1 LIMIT $2",
+                &format!(
+                    "SELECT id, action, target, attempts, started_at, cancel_requested FROM jobs WHERE status = {} AND lease_until < $1 LIMIT $2",
+                    rows::sql(JobStatus::Running)
+                ),
                 vec![cutoff.into(), (limit as i64).into()],
             ))
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(LostJob {
-                    id: JobId(get::<Uuid>(r, "id")?),
-                    action: parse_action(&get::<String>(r, "action")?)?,
-                    target: get(r, "target")?,
-                    attempt: get(r, "attempts")?,
-                    started_at: get(r, "started_at")?,
-                    cancel_requested: get(r, "cancel_requested")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::lost).collect()
     }
 
     /// Global queue figures. Also resynchronises the admission estimate.
@@ -283,12 +254,14 @@ impl Store {
             .inner
             .read
             .query_one_raw(self.stmt(
-                match self.inner.backend {
-                    Backend::Sqlite => {
-                        "SELECT COUNT(*) AS n, MIN(run_at) AS oldest FROM jobs INDEXED BY jobs_pending_idx WHERE status = 'PENDING'"
-                    }
-                    Backend::Postgres => "SELECT COUNT(*) AS n, MIN(run_at) AS oldest FROM jobs WHERE status = 'PENDING'",
-                },
+                &format!(
+                    "SELECT COUNT(*) AS n, MIN(run_at) AS oldest FROM jobs {} WHERE status = {}",
+                    match self.inner.backend {
+                        Backend::Sqlite => "INDEXED BY jobs_pending_idx",
+                        Backend::Postgres => "",
+                    },
+                    rows::sql(JobStatus::Pending)
+                ),
                 vec![],
             ))
             .await?;
@@ -313,13 +286,16 @@ impl Store {
             .query_all_raw(self.stmt(
                 &format!(
                     "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < $1 \
-                     AND status IN ('SUCCESS', 'FAILED', 'CANCELED') ORDER BY finished_at LIMIT $2 {lock}"
+                     AND status IN ({success}, {failed}, {canceled}) ORDER BY finished_at LIMIT $2 {lock}",
+                    success = rows::sql(JobStatus::Success),
+                    failed = rows::sql(JobStatus::Failed),
+                    canceled = rows::sql(JobStatus::Canceled)
                 ),
                 vec![cutoff.into(), (limit as i64).into()],
             ))
             .await?;
         let ids: Vec<Vec<Value>> =
-            rows.iter().map(|r| get::<Uuid>(r, "id").map(|id| vec![id.into()])).collect::<Result<_, _>>()?;
+            rows.iter().map(|r| rows::id(r).map(|id| vec![id.0.into()])).collect::<Result<_, _>>()?;
         let n = ids.len() as u64;
         if n > 0 {
             let backend = self.inner.backend;
@@ -329,9 +305,7 @@ impl Store {
             super::values_in_chunks(&txn, backend, "DELETE FROM jobs WHERE id IN (", row, ")", ids).await?;
         }
         let result = txn.commit().await.map_err(Error::from);
-        if n > 0 {
-            self.note_write(&result);
-        }
+        self.note_write_failure(&result);
         result?;
         Ok(n)
     }

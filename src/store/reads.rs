@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use super::jobs::{JOB_COLUMNS, row_to_job};
-use super::{Error, get};
+use super::Error;
+use super::rows::{self, JOB_COLUMNS};
 use crate::jobs::{Job, JobId};
 
 /// Most ids in one query. Batches are padded to a power of two (repeating an id), so each
@@ -187,12 +187,12 @@ async fn fetch(conn: &mut Conn, batch: &[ReadRequest]) -> Result<HashMap<Uuid, V
     }
     let mut found: HashMap<Uuid, Vec<Job>> = HashMap::with_capacity(rows.len());
     for row in &rows {
-        let id = get::<Uuid>(row, "id")?;
+        let id = rows::id(row)?.0;
         let copies = counts.get(&id).copied().unwrap_or(0);
         if copies == 0 {
             continue;
         }
-        let job = row_to_job(row)?;
+        let job = rows::job(row)?;
         let slot = found.entry(id).or_default();
         for _ in 1..copies {
             slot.push(job.clone());

@@ -165,19 +165,6 @@ def test_idle_http1_keep_alive_connection_is_closed(gateways, tmp_path):
         s.setblocking(False)
         still = wait_closed({s.fileno(): ("keep-alive", s)}, idle_from + HEADER_TIMEOUT + MARGIN)
         took = time.monotonic() - idle_from
-        if closed_by is not None and closed_by.startswith("GOAWAY"):
-            # A GOAWAY must be followed by the socket closing, not by a connection left open.
-            eof_by = time.monotonic() + 3.0
-            eof = False
-            while time.monotonic() < eof_by and not eof:
-                s.settimeout(max(0.01, eof_by - time.monotonic()))
-                try:
-                    eof = not s.recv(65536)
-                except socket.timeout:
-                    break
-                except (ConnectionResetError, BrokenPipeError):
-                    eof = True
-            assert eof, f"server sent {closed_by} but kept the socket open 3 s later"
     finally:
         s.close()
     print(f"[faults] idle keep-alive HTTP/1.1: {'still open' if still else 'closed'} after {took:.1f} s")

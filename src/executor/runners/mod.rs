@@ -15,9 +15,7 @@ use crate::jobs::Action;
 /// What a runner gets to work with.
 #[derive(Debug, Clone)]
 pub struct RunRequest {
-    /// The action.
     pub action: Action,
-    /// Its target.
     pub target: String,
     /// The job's parameters (a JSON object).
     pub parameters: Value,
