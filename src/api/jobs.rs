@@ -11,6 +11,7 @@ use poem_openapi::{ApiResponse, OpenApi};
 use uuid::Uuid;
 
 use super::auth::{Caller, Need};
+use super::commands;
 use super::json::JsonOut;
 use super::model::{CreateJobRequest, JobAccepted, JobEventOut, JobOut, JobPage, JobStatusOut};
 use super::problem::{Problem, RETRY_AFTER_SECS};
@@ -18,7 +19,7 @@ use super::responses::problem_responses;
 use super::strict::StrictJson;
 use super::{ApiTags, State};
 use crate::auth::Identity;
-use crate::jobs::{JobId, JobStatus, NewJob};
+use crate::jobs::{JobId, JobStatus};
 use crate::store::JobFilter;
 
 /// How long a cancel waits for a running job to stop before answering.
@@ -108,34 +109,6 @@ problem_responses! {
 /// The `WWW-Authenticate` challenge of a 401.
 pub(super) const BEARER: &str = "Bearer realm=\"automation-gateway\"";
 
-/// One audit line per create and cancel: who, what, which job, the outcome, the request (the
-/// timestamp is the line's own).
-struct AuditEvent<'a> {
-    /// `job.create` or `job.cancel`.
-    event: &'static str,
-    identity: &'a str,
-    job_id: Option<&'a str>,
-    action: &'a str,
-    target: &'a str,
-    request_id: &'a str,
-}
-
-impl AuditEvent<'_> {
-    fn record(&self, outcome: &str) {
-        tracing::info!(
-            audit = true,
-            event = self.event,
-            identity = self.identity,
-            job_id = self.job_id.unwrap_or(""),
-            action = self.action,
-            target = self.target,
-            outcome,
-            request_id = self.request_id,
-            "audit"
-        );
-    }
-}
-
 fn problem<E: From<Problem>>(e: impl Into<Problem>) -> E {
     E::from(e.into())
 }
@@ -206,48 +179,11 @@ impl JobsApi {
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
         _idempotency_key: Header<Option<String>>,
     ) -> Result<CreateResponse, CreateError> {
-        let rid = request_id.to_string();
-        let identity = identity.0;
-        let req = body.0;
-        let (action_name, target) =
-            (req.action.chars().take(64).collect::<String>(), req.target.chars().take(253).collect::<String>());
-        let refused = |p: Problem| {
-            AuditEvent {
-                event: "job.create",
-                identity: &identity.name,
-                job_id: None,
-                action: &action_name,
-                target: &target,
-                request_id: &rid,
-            }
-            .record(&format!("refused {}", p.status));
-            CreateError::from(p)
-        };
-        let key = idempotency_key(raw).map_err(refused)?;
-        let action = state.catalog.resolve(&req.action).map_err(|e| refused(e.into()))?;
-        let job =
-            NewJob::parse(action, &req.target, &req.requested_by, req.parameters.map(|m| m.into_iter().collect()))
-                .map_err(|e| refused(e.into()))?
-                .submitted_by(&identity.name);
-        state.require(identity, Need::Create(job.action), "jobs.create", &rid).map_err(refused)?;
-        let action = job.action;
-        let out = state.store.enqueue(job, key, Some(rid.clone())).await.map_err(|e| refused(e.into()))?;
-        let id = out.id.to_string();
-        let audit = AuditEvent {
-            event: "job.create",
-            identity: &identity.name,
-            job_id: Some(&id),
-            action: action.as_str(),
-            target: &target,
-            request_id: &rid,
-        };
-        if out.created {
-            state.metrics.job_created(action);
-            audit.record("accepted");
-        } else {
-            audit.record("idempotent replay");
-        }
-        let location = format!("/v1/jobs/{id}");
+        let key = idempotency_key(raw).map_err(CreateError::from)?;
+        let out = commands::create_job(&state, identity.0, &request_id.to_string(), body.0, key)
+            .await
+            .map_err(CreateError::from)?;
+        let location = format!("/v1/jobs/{}", out.id);
         Ok(CreateResponse::Accepted(Json(JobAccepted { job_id: out.id.0, status: out.status.into() }), location))
     }
 
@@ -376,39 +312,9 @@ impl JobsApi {
         /// The job's id.
         job_id: Path<Uuid>,
     ) -> Result<CancelResponse, CancelError> {
-        let identity = identity.0;
-        let rid = request_id.to_string();
-        let id = JobId(job_id.0);
-        let sid = id.to_string();
-        let refused = |p: Problem| {
-            AuditEvent {
-                event: "job.cancel",
-                identity: &identity.name,
-                job_id: Some(&sid),
-                action: "",
-                target: "",
-                request_id: &rid,
-            }
-            .record(&format!("refused {}", p.status));
-            CancelError::from(p)
-        };
-        state.require(identity, Need::Cancel, "jobs.cancel", &rid).map_err(refused)?;
-        visible_job(&state, identity, id).await.map_err(refused)?;
-        let status = match state.executor.cancel(id, &identity.name, Some(rid.clone()), CANCEL_WAIT).await {
-            Ok(s) => s,
-            Err(crate::store::Error::NotFound) => return Err(refused(Problem::job_not_found(id))),
-            Err(e) => return Err(refused(e.into())),
-        };
-        let job = state.store.get(id).await.map_err(problem::<CancelError>)?;
-        AuditEvent {
-            event: "job.cancel",
-            identity: &identity.name,
-            job_id: Some(&sid),
-            action: job.action.as_str(),
-            target: &job.target,
-            request_id: &rid,
-        }
-        .record(status.as_str());
+        let job = commands::cancel_job(&state, identity.0, &request_id.to_string(), JobId(job_id.0), CANCEL_WAIT)
+            .await
+            .map_err(CancelError::from)?;
         if job.status == JobStatus::Running {
             Ok(CancelResponse::Requested(JsonOut(job.into())))
         } else {
@@ -419,7 +325,7 @@ impl JobsApi {
 
 /// The job, if it exists and its action is within the caller's scope; 404 otherwise, so a token
 /// learns nothing about jobs it may not see.
-async fn visible_job(state: &State, identity: &Identity, id: JobId) -> Result<crate::jobs::Job, Problem> {
+pub(super) async fn visible_job(state: &State, identity: &Identity, id: JobId) -> Result<crate::jobs::Job, Problem> {
     match state.store.get(id).await {
         Ok(job) if identity.in_scope(job.action) => Ok(job),
         Ok(_) | Err(crate::store::Error::NotFound) => Err(Problem::job_not_found(id)),

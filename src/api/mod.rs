@@ -3,6 +3,7 @@
 //! executor only through their public functions; never SQL.
 
 pub mod auth;
+mod commands;
 pub mod health;
 pub mod jobs;
 pub mod json;
