@@ -25,12 +25,6 @@ macro_rules! problem_responses {
             )+
         }
 
-        impl $name {
-            /// The statuses this operation declares.
-            #[allow(dead_code)]
-            pub const STATUSES: &'static [u16] = &[$($status),+];
-        }
-
         impl From<$crate::api::problem::Problem> for $name {
             fn from(p: $crate::api::problem::Problem) -> Self {
                 match p.status {
