@@ -57,10 +57,22 @@ impl App {
         Ok(ActionCatalog::built_in(runner, &e.action_policy)?)
     }
 
+    /// The actions of the configured actions file, or the built-in ones without one.
+    pub fn catalog(config: &Config) -> Result<ActionCatalog, AppError> {
+        let e = &config.executor;
+        match &e.actions_file {
+            Some(path) => {
+                let sim = SimulatedRunner::new(e.sim_duration_ms, e.sim_failure_rate);
+                Ok(ActionCatalog::from_file(path, &sim, &e.action_policy)?)
+            }
+            None => Self::built_in_catalog(config),
+        }
+    }
+
     /// Connects to the database, applies migrations, and starts the executor, with the
-    /// built-in actions.
+    /// configured actions.
     pub async fn build(config: Config) -> Result<Self, AppError> {
-        let catalog = Self::built_in_catalog(&config)?;
+        let catalog = Self::catalog(&config)?;
         Self::build_with(config, catalog).await
     }
 

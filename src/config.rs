@@ -20,7 +20,7 @@ pub struct Cli {
 }
 
 /// Subcommands.
-#[derive(Debug, Clone, Copy, Subcommand, PartialEq, Eq)]
+#[derive(Debug, Clone, Subcommand, PartialEq, Eq)]
 pub enum Command {
     /// Apply database migrations, then serve the API and run jobs (the default).
     Serve,
@@ -30,6 +30,12 @@ pub enum Command {
     Openapi,
     /// Print a new random API token and the SHA-256 hash to put in the tokens file.
     Token,
+    /// Check an actions file (names, runners, keys, templates, schemas) without starting; exit
+    /// 0 when it is valid, 1 when not, 2 when it cannot be read.
+    CheckActions {
+        /// The YAML actions file.
+        file: std::path::PathBuf,
+    },
 }
 
 /// Every setting of the service, by area.
@@ -58,6 +64,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "GATEWAY_SIM_DURATION_MS",
     "GATEWAY_SIM_FAILURE_RATE",
     "GATEWAY_ACTION_POLICY",
+    "GATEWAY_ACTIONS_FILE",
     "GATEWAY_LEASE_SECS",
     "GATEWAY_SHUTDOWN_GRACE_SECS",
     "GATEWAY_SHUTDOWN_DELAY_MS",

@@ -8,6 +8,9 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Two TLS stacks' crypto providers are linked (the runners' and the OTLP exporter's
+    // clients); naming one keeps rustls from refusing to pick.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     let config = cli.config;
     match cli.command.unwrap_or(Command::Serve) {
@@ -20,8 +23,34 @@ async fn main() -> ExitCode {
             println!("token:  {token}\nsha256: {hash}");
             ExitCode::SUCCESS
         }
+        Command::CheckActions { file } => check_actions(&file),
         Command::Migrate => report(migrate(&config).await),
         Command::Serve => report(serve(config).await),
+    }
+}
+
+/// `check-actions FILE`: every problem on its own line, so a CI log shows them all at once.
+fn check_actions(file: &std::path::Path) -> ExitCode {
+    if let Err(e) = std::fs::metadata(file) {
+        eprintln!("{}: cannot read: {}", file.display(), e.kind());
+        return ExitCode::from(2);
+    }
+    match automation_gateway::executor::check_file(file) {
+        Ok(checked) => {
+            for w in &checked.warnings {
+                println!("warning: {w}");
+            }
+            let names: Vec<&str> = checked.entries.iter().map(|e| e.action.as_str()).collect();
+            println!("{}: {} actions OK ({})", file.display(), names.len(), names.join(", "));
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{}: {p}", file.display());
+            }
+            eprintln!("{}: {} problems", file.display(), problems.len());
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261123_000001_create_jobs;
 mod m20261123_000002_audit;
 mod m20261203_000003_maintenance;
+mod m20261203_000004_external;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_create_jobs::Migration),
             Box::new(m20261123_000002_audit::Migration),
             Box::new(m20261203_000003_maintenance::Migration),
+            Box::new(m20261203_000004_external::Migration),
         ]
     }
 }

@@ -73,6 +73,11 @@ pub(super) async fn create_job(
         .map_err(|e| refused(e.into()))?
         .submitted_by(&identity.name);
     state.require(identity, Need::Create(action), "jobs.create", request_id).map_err(refused)?;
+    // The action's own rules (target allowlist, parameters schema, what its templates need),
+    // checked after the right so a caller without it learns none of them.
+    if let Some(entry) = state.catalog.get(action) {
+        entry.admit(&job.target, &job.parameters).map_err(|e| refused(e.into()))?;
+    }
     let out = state.store.enqueue(job, key, Some(request_id.to_owned())).await.map_err(|e| refused(e.into()))?;
     let id = out.id.to_string();
     let audit = AuditEvent {

@@ -2,6 +2,7 @@
 //! at `/docs`, problem+json for every error, and request metrics. Talks to the store and the
 //! executor only through their public functions; never SQL.
 
+pub mod actions;
 pub mod auth;
 mod commands;
 pub mod health;
@@ -61,13 +62,17 @@ pub struct State {
     pub metrics_require_token: bool,
 }
 
-fn service() -> OpenApiService<(jobs::JobsApi, health::HealthApi), ()> {
-    OpenApiService::new((jobs::JobsApi, health::HealthApi), "automation-gateway", env!("CARGO_PKG_VERSION"))
-        .description(
-            "One REST API to trigger automation actions as durable, asynchronous jobs, with business \
+fn service() -> OpenApiService<(jobs::JobsApi, actions::ActionsApi, health::HealthApi), ()> {
+    OpenApiService::new(
+        (jobs::JobsApi, actions::ActionsApi, health::HealthApi),
+        "automation-gateway",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "One REST API to trigger automation actions as durable, asynchronous jobs, with business \
              metrics for Prometheus. Every error is `application/problem+json` (RFC 9457).",
-        )
-        .license("Apache-2.0")
+    )
+    .license("Apache-2.0")
 }
 
 /// The OpenAPI document as served with the built-in actions (what `automation-gateway openapi`

@@ -149,6 +149,95 @@ pub struct JobOut {
     /// `anonymous` while authentication is off).
     #[oai(nullable)]
     pub submitted_by: Option<String>,
+    /// The run a remote runner launched for the job (an AWX job, a Jenkins build, a workflow
+    /// run, a rollout), recorded as soon as the backend answered; null otherwise.
+    #[oai(nullable)]
+    pub external: Option<ExternalOut>,
+}
+
+/// A run in another system.
+#[derive(Object, Serialize, Debug, Clone, PartialEq)]
+pub struct ExternalOut {
+    /// `awx`, `jenkins`, `github_actions` or `kubernetes`.
+    pub system: String,
+    /// The run's identity in that system.
+    pub id: String,
+    /// Where to see it.
+    pub url: String,
+}
+
+/// One action of the catalog.
+#[derive(Object, Serialize, Debug, Clone)]
+pub struct ActionOut {
+    /// The name to send as `action`.
+    pub name: String,
+    /// What performs it: `simulated`, `http`, `awx`, `jenkins`, `github_actions`, `kubernetes`
+    /// or `command`.
+    pub runner: String,
+    /// What it does.
+    pub description: String,
+    /// The JSON Schema its `parameters` must satisfy, or null.
+    #[oai(nullable)]
+    pub parameters_schema: Option<Value>,
+    /// Globs a `target` must match (`*` any run of characters, `?` one), or null for any target.
+    #[oai(nullable)]
+    pub targets: Option<Vec<String>>,
+    /// How many of its jobs may run at once per target, or null for no limit.
+    #[oai(nullable)]
+    pub concurrency: Option<ConcurrencyOut>,
+    /// Timeout, attempts, backoff and what a lost worker means.
+    pub policy: PolicyOut,
+}
+
+/// A per-target limit.
+#[derive(Object, Serialize, Debug, Clone)]
+pub struct ConcurrencyOut {
+    /// RUNNING jobs allowed per target; others wait PENDING.
+    pub per_target: u32,
+}
+
+/// How an action's jobs are run.
+#[derive(Object, Serialize, Debug, Clone)]
+pub struct PolicyOut {
+    /// Longest one attempt may run, in milliseconds.
+    pub timeout_ms: u64,
+    /// Attempts in all.
+    pub max_attempts: u32,
+    /// Delay before the first retry, in milliseconds (doubled each time, with jitter).
+    pub backoff_ms: u64,
+    /// `fail` or `retry`: what a job whose worker died becomes (a recorded remote run is
+    /// resumed instead).
+    pub on_lost: String,
+}
+
+/// The catalog.
+#[derive(Object, Serialize, Debug, Clone)]
+pub struct ActionList {
+    /// Every action the caller may see, in catalog order.
+    pub actions: Vec<ActionOut>,
+}
+
+impl From<&crate::executor::ActionEntry> for ActionOut {
+    fn from(e: &crate::executor::ActionEntry) -> Self {
+        let p = &e.policy;
+        Self {
+            name: e.action.as_str().to_owned(),
+            runner: e.runner_kind.to_owned(),
+            description: e.description.clone(),
+            parameters_schema: e.schema.as_ref().map(|s| s.0.clone()),
+            targets: e.targets.clone(),
+            concurrency: e.per_target.map(|per_target| ConcurrencyOut { per_target }),
+            policy: PolicyOut {
+                timeout_ms: p.timeout.as_millis() as u64,
+                max_attempts: p.max_attempts,
+                backoff_ms: p.backoff.as_millis() as u64,
+                on_lost: match p.on_lost {
+                    crate::executor::policy::OnLost::Fail => "fail".into(),
+                    crate::executor::policy::OnLost::Retry => "retry".into(),
+                },
+            },
+        }
+    }
 }
 
 /// One audit record of a job.
@@ -189,6 +278,7 @@ fn job_example() -> JobOut {
         ),
         cancel_requested: false,
         submitted_by: Some("ci-bot".into()),
+        external: None,
     }
 }
 
@@ -216,6 +306,7 @@ impl From<Job> for JobOut {
             result: j.result,
             cancel_requested: j.cancel_requested,
             submitted_by: j.submitted_by,
+            external: j.external.map(|e| ExternalOut { system: e.system, id: e.id, url: e.url }),
         }
     }
 }
@@ -285,6 +376,11 @@ mod tests {
             error: Some("attempt 1: \"quoted\" \u{1F600}".into()),
             result: None,
             submitted_by: None,
+            external: Some(ExternalOut {
+                system: "awx".into(),
+                id: "17".into(),
+                url: "https://awx/#/jobs/playbook/17".into(),
+            }),
             parameters: json!({"nested": {"list": [1, 2.5, null, true]}}),
             ..job_example()
         };

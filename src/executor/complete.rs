@@ -54,6 +54,11 @@ pub(super) async fn write_completions(ctx: &Ctx, batch: Vec<Finished>) {
     };
     // Receivers: cancels waiting in `Executor::cancel`.
     ctx.settled.notify_waiters();
+    if !ctx.per_target.is_empty() {
+        // A finished job may free its target's slot: the next job in its line can start now,
+        // not at the next poll (receiver: the dispatcher).
+        ctx.store.enqueued_signal().notify_one();
+    }
     let now = store::now_us();
     for (f, status) in batch.iter().zip(statuses) {
         let id = f.completion.id;

@@ -3,20 +3,31 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use std::collections::VecDeque;
+
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Ctx, worker};
+use crate::store::ClaimedJob;
 
 /// Most jobs claimed in one statement.
 const MAX_CLAIM: usize = 256;
 
 /// Claims work whenever there are free workers and something may be runnable. A wake-up is
 /// never lost: the `Notified` futures are enabled before the claim query runs.
-pub(super) async fn dispatch_loop(ctx: Arc<Ctx>, permits: Arc<Semaphore>, poll: Duration, stop: CancellationToken) {
+pub(super) async fn dispatch_loop(
+    ctx: Arc<Ctx>,
+    mut resumes: mpsc::UnboundedReceiver<(ClaimedJob, Instant)>,
+    permits: Arc<Semaphore>,
+    poll: Duration,
+    stop: CancellationToken,
+) {
     let enqueued = ctx.store.enqueued_signal();
+    // Jobs taken over to resume their remote run, waiting for a slot; they go first.
+    let mut waiting: VecDeque<(ClaimedJob, Instant)> = VecDeque::new();
     let mut workers = JoinSet::new();
     let mut backoff = Duration::from_millis(50);
     let pool = permits.available_permits();
@@ -31,13 +42,21 @@ pub(super) async fn dispatch_loop(ctx: Arc<Ctx>, permits: Arc<Semaphore>, poll: 
         woke.as_mut().enable();
         freed.as_mut().enable();
 
+        while let Ok(r) = resumes.try_recv() {
+            waiting.push_back(r);
+        }
+        while !waiting.is_empty() && !stop.is_cancelled() {
+            let Ok(permit) = permits.clone().try_acquire_owned() else { break };
+            let Some((job, lease_from)) = waiting.pop_front() else { break };
+            workers.spawn(worker::run(ctx.clone(), job, permit, lease_from, Instant::now()));
+        }
         let free = permits.available_permits().min(MAX_CLAIM);
         let worth_it = free > 0 && (!backlog || free >= batch_min || free == pool);
         if worth_it && !stop.is_cancelled() {
             // The lease starts before the claim is sent (the database computes it from its own
             // clock at about that time): the local deadline must never end later than the real one.
             let lease_from = Instant::now();
-            match ctx.store.claim_batch(ctx.owner, free, ctx.lease_us).await {
+            match ctx.store.claim_batch(ctx.owner, free, ctx.lease_us, &ctx.per_target).await {
                 Ok(jobs) => {
                     let claimed_at = Instant::now();
                     backoff = Duration::from_millis(50);
@@ -75,6 +94,7 @@ pub(super) async fn dispatch_loop(ctx: Arc<Ctx>, permits: Arc<Semaphore>, poll: 
             _ = tokio::time::sleep(poll) => {}
             _ = stop.cancelled() => {}
             Some(_) = workers.join_next() => {}
+            Some(r) = resumes.recv() => waiting.push_back(r),
         }
     }
     // Draining: wait for every attempt (the grace timer interrupts stragglers).

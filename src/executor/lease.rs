@@ -119,6 +119,11 @@ pub(super) async fn recover(ctx: &Ctx, all_running: bool) -> Result<(), store::E
             return Ok(());
         }
         let now = store::now_us();
+        let (resumable, lost): (Vec<_>, Vec<_>) = lost.into_iter().partition(|l| l.resumable);
+        let n_resumable = resumable.len();
+        for l in resumable {
+            resume(ctx, &l, all_running).await?;
+        }
         let batch: Vec<Finished> = lost
             .iter()
             .map(|l| {
@@ -134,12 +139,28 @@ pub(super) async fn recover(ctx: &Ctx, all_running: bool) -> Result<(), store::E
                 Finished { completion: Completion { id: l.id, attempt: l.attempt, outcome }, action: l.action, target: l.target.clone(), started_at: l.started_at.unwrap_or(now) }
             })
             .collect();
-        let n = batch.len();
+        let n = batch.len() + n_resumable;
         write_completions(ctx, batch).await;
         if n < MAX_COMPLETE {
             return Ok(());
         }
     }
+}
+
+/// Takes over a lost job whose remote run is recorded, whatever its `on_lost`: the run goes on
+/// in its backend, so following it to its end is the truth, and launching it again (or failing
+/// it blind) is not. Another process may take it first; then nothing happens here.
+async fn resume(ctx: &Ctx, lost: &store::LostJob, all_running: bool) -> Result<(), store::Error> {
+    let lease_from = Instant::now();
+    ctx.metrics.lease_lost(lost.action);
+    if let Some(job) = ctx.store.resume_lease(ctx.owner, lost.id, lost.attempt, ctx.lease_us, all_running).await? {
+        tracing::warn!(job_id = %lost.id, action = %lost.action, target = %lost.target, attempt = lost.attempt, "recovering job from an expired lease: resuming its recorded remote run");
+        // Receiver: the dispatcher, which starts it when a worker slot is free.
+        if ctx.resumes.send((job, lease_from)).is_err() {
+            tracing::warn!(job_id = %lost.id, "dispatcher stopped; the job is resumed after its lease expires");
+        }
+    }
+    Ok(())
 }
 
 /// PostgreSQL LISTEN: wakes the dispatcher when any replica enqueues, and cancels local

@@ -14,8 +14,9 @@
 //! - `complete`: one task. Writes every result waiting in its channel in one transaction,
 //!   retrying while the database is down, then signals `settled` (waiting cancels).
 //! - `lease`: the heartbeat (extends this process's leases; stops attempts whose lease is gone;
-//!   fires remote cancels), recovery (settles other processes' expired leases by policy) and
-//!   LISTEN. A lost lease means another process may own the job now: the attempt stops and
+//!   fires remote cancels), recovery (settles other processes' expired leases by policy, or,
+//!   when a remote run is recorded, takes the lease over and sends the job to the dispatcher on
+//!   `resumes` to follow that run) and LISTEN. A lost lease means another process may own the job now: the attempt stops and
 //!   only the fence (attempt number, RUNNING) decides whether its result is written.
 //! - `maintenance`: retention and the gauges read from the database.
 //!
@@ -31,6 +32,7 @@ mod lease;
 mod maintenance;
 pub mod policy;
 mod settings;
+pub mod template;
 mod worker;
 
 use std::collections::HashMap;
@@ -46,7 +48,7 @@ use uuid::Uuid;
 use crate::jobs::{Action, JobId, JobStatus};
 use crate::store::{self, Completion, Store};
 use crate::telemetry::Metrics;
-pub use catalog::{ActionCatalog, ActionEntry, CatalogError};
+pub use catalog::{ActionCatalog, ActionEntry, CatalogError, Checked, check_file};
 
 /// How often a cancel waiting for a job running on another replica looks at the store.
 const CANCEL_FALLBACK_POLL: Duration = Duration::from_millis(100);
@@ -75,6 +77,11 @@ struct Ctx {
     /// Signalled to every waiter after each batch of results is written (sender: the
     /// completer; receivers: cancels waiting for their job to settle).
     settled: Notify,
+    /// Jobs whose remote run this process took over to resume, with when their lease began
+    /// (sender: lease recovery; receiver: the dispatcher, which starts them as slots free up).
+    resumes: mpsc::UnboundedSender<(store::ClaimedJob, Instant)>,
+    /// Actions that limit their RUNNING jobs per target (the claim honours them).
+    per_target: Vec<(Action, u32)>,
 }
 
 /// A completion plus what the metrics need.
@@ -109,7 +116,9 @@ impl Executor {
         config: &Settings,
     ) -> Result<Self, store::Error> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (resume_tx, resume_rx) = mpsc::unbounded_channel();
         let lease = config.lease();
+        let per_target = catalog.per_target_limits();
         let ctx = Arc::new(Ctx {
             store: store.clone(),
             metrics,
@@ -123,6 +132,8 @@ impl Executor {
             completions: tx,
             capacity: Notify::new(),
             settled: Notify::new(),
+            resumes: resume_tx,
+            per_target,
         });
         if store.backend() == store::Backend::Sqlite {
             // One process owns a SQLite file: whatever is RUNNING now was left by a dead one.
@@ -146,6 +157,7 @@ impl Executor {
         }
         let dispatcher = tokio::spawn(dispatch::dispatch_loop(
             ctx.clone(),
+            resume_rx,
             Arc::new(Semaphore::new(config.workers as usize)),
             Duration::from_millis(config.poll_interval_ms),
             stop_claiming.clone(),

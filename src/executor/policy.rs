@@ -121,11 +121,11 @@ pub fn lost_outcome(on_lost: OnLost, max_attempts: u32, attempt: i32, why: Strin
     }
 }
 
-/// The outcome of an attempt that failed: another attempt after the backoff while attempts
-/// remain, otherwise FAILED.
-pub fn attempt_failed(policy: &ActionPolicy, attempt: i32, error: String) -> Outcome {
+/// The outcome of an attempt that failed: another attempt after the backoff (and not before
+/// `at_least`, a backend's `Retry-After`) while attempts remain, otherwise FAILED.
+pub fn attempt_failed(policy: &ActionPolicy, attempt: i32, error: String, at_least: Option<Duration>) -> Outcome {
     if (attempt as u32) < policy.max_attempts {
-        let delay = retry_delay(policy.backoff, attempt);
+        let delay = retry_delay(policy.backoff, attempt).max(at_least.unwrap_or_default());
         Outcome::Retry { error, run_at: now_us() + delay.as_micros() as i64 }
     } else {
         Outcome::Failed(error)

@@ -22,6 +22,12 @@ pub struct Settings {
     #[arg(long, env = "GATEWAY_SIM_FAILURE_RATE", default_value_t = 0.05, value_parser = parse_rate)]
     pub sim_failure_rate: f64,
 
+    /// A YAML actions catalog: which actions exist and the runner of each (http, awx, jenkins,
+    /// github_actions, kubernetes, command, simulated). Without it: the three built-in actions
+    /// on the simulated runner.
+    #[arg(long, env = "GATEWAY_ACTIONS_FILE")]
+    pub actions_file: Option<std::path::PathBuf>,
+
     /// Per-action policy overrides, comma-separated `ACTION.KEY=VALUE`; keys: `timeout_ms`,
     /// `max_attempts`, `backoff_ms` (first retry delay, doubled each attempt, with jitter) and
     /// `on_lost` (`fail` or `retry`: what happens to a job whose worker died).

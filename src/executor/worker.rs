@@ -2,7 +2,7 @@
 //! result goes to the batched completer; the worker slot is freed as soon as it is sent.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -13,8 +13,9 @@ use tracing::Instrument;
 
 use super::lease::lease_end;
 use super::policy::{ActionPolicy, attempt_failed, lost_outcome};
-use super::runners::{RunError, RunRequest};
+use super::runners::{BoxFuture, ErrorKind, Recorder, RunError, RunRequest, Runner};
 use super::{Ctx, Finished};
+use crate::jobs::External;
 use crate::store::{ClaimedJob, Completion, Outcome, now_us};
 
 /// An attempt running in this process, as the executor's other tasks see it.
@@ -75,60 +76,103 @@ async fn run_attempt(ctx: &Ctx, job: ClaimedJob, lease_from: Instant, claimed_at
             },
         );
     }
+    if job.cancel_requested {
+        // A resumed job whose cancel arrived while nobody was following it.
+        token.cancel();
+    }
     let queue_wait =
         job.first_attempt.then(|| Duration::from_micros(job.started_at.saturating_sub(job.created_at).max(0) as u64));
     ctx.metrics.job_started(job.action, queue_wait);
-    // Tests count executions with this line: it is written once per attempt that runs.
-    tracing::info!(job_id = %job.id, action = %job.action, target = %job.target, attempt = job.attempt, "job attempt started");
+    match &job.external {
+        Some(e) => {
+            tracing::info!(job_id = %job.id, action = %job.action, target = %job.target, attempt = job.attempt, system = %e.system, external_id = %e.id, url = %e.url, "job attempt resumed")
+        }
+        // Tests count executions with this line: it is written once per attempt that runs.
+        None => {
+            tracing::info!(job_id = %job.id, action = %job.action, target = %job.target, attempt = job.attempt, "job attempt started")
+        }
+    }
 
     let policy = ctx.catalog.policy(job.action);
     let request = RunRequest {
+        job_id: job.id,
         action: job.action,
         target: job.target.clone(),
+        requested_by: job.requested_by.clone(),
         parameters: job.parameters.clone(),
         attempt: job.attempt,
+        external: job.external.clone(),
     };
+    let recorder = AttemptRecorder { ctx, job: &job, recorded: Mutex::new(job.external.clone()) };
     let runner = ctx.catalog.get(job.action).map(|e| e.runner.clone());
-    // A job stored under an action that has since left the catalog fails once (its policy
-    // allows one attempt): there is nothing to run it with.
-    let run = async {
-        match &runner {
-            Some(r) => r.run(&request).await,
-            None => Err(RunError(format!("action {} is not in the catalog", job.action))),
+    let ended = {
+        // A job stored under an action that has since left the catalog fails: there is nothing
+        // to run it with.
+        let run = async {
+            match &runner {
+                Some(r) => r.run(&request, &recorder).await,
+                None => Err(RunError::permanent(format!("action {} is not in the catalog", job.action))),
+            }
+        };
+        let run = AssertUnwindSafe(run).catch_unwind();
+        let remote = || recorder.external().is_some();
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => {
+                tracing::info!(job_id = %job.id, action = %job.action, target = %job.target, "job attempt canceled on request");
+                Ended::StopRemote(Outcome::Canceled)
+            }
+            _ = ctx.hard_stop.cancelled() => {
+                if remote() {
+                    // The remote run goes on without us; the next process resumes following it.
+                    Ended::HandOver
+                } else {
+                    // The shutdown grace period ran out. The attempt is cut short as if its worker
+                    // had died, so the action's lost-job policy decides what happens next.
+                    tracing::warn!(job_id = %job.id, action = %job.action, target = %job.target, "job attempt interrupted by shutdown");
+                    Ended::Settled(lost_outcome(policy.on_lost, policy.max_attempts, job.attempt, "worker lost: interrupted by shutdown".into(), now_us()))
+                }
+            }
+            _ = taken_over.cancelled() => lease_lost(&job, &policy, remote(), "lease taken over: another process recovered the job"),
+            _ = async { tokio::select! { _ = expired.cancelled() => {}, _ = lease_ended(ctx, lease_from) => {} } } => {
+                lease_lost(&job, &policy, remote(), "lease expired without a successful heartbeat (process paused or cut off from the database)")
+            }
+            r = tokio::time::timeout(policy.timeout, run) => match r {
+                Ok(Ok(Ok(result))) => Ended::Settled(Outcome::Success(result)),
+                Ok(Ok(Err(e))) => Ended::Settled(failed(&policy, job.attempt, e)),
+                Ok(Err(_panic)) => Ended::Settled(attempt_failed(&policy, job.attempt, "runner panicked".into(), None)),
+                Err(_) => Ended::StopRemote(attempt_failed(&policy, job.attempt, format!("timed out after {} ms", policy.timeout.as_millis()), None)),
+            },
         }
     };
-    let run = AssertUnwindSafe(run).catch_unwind();
-    let outcome = tokio::select! {
-        biased;
-        _ = token.cancelled() => {
-            tracing::info!(job_id = %job.id, action = %job.action, target = %job.target, "job attempt canceled on request");
-            Outcome::Canceled
+    let outcome = match ended {
+        Ended::Settled(o) => Some(o),
+        Ended::StopRemote(o) => {
+            if let (Some(r), Some(e)) = (&runner, recorder.external()) {
+                stop_remote(r.as_ref(), &request, &e).await;
+            }
+            Some(o)
         }
-        _ = ctx.hard_stop.cancelled() => {
-            // The shutdown grace period ran out. The attempt is cut short as if its worker had
-            // died, so the action's lost-job policy decides what happens next.
-            tracing::warn!(job_id = %job.id, action = %job.action, target = %job.target, "job attempt interrupted by shutdown");
-            lost_outcome(policy.on_lost, policy.max_attempts, job.attempt, "worker lost: interrupted by shutdown".into(), now_us())
+        Ended::HandOver => {
+            tracing::info!(job_id = %job.id, action = %job.action, target = %job.target, "job handed over at shutdown: its remote run goes on and the next process resumes following it");
+            if let Err(e) = ctx.store.release_lease(ctx.owner, job.id, job.attempt).await {
+                tracing::warn!(job_id = %job.id, error = %e, "releasing the lease failed; the job is resumed once it expires");
+            }
+            None
         }
-        _ = taken_over.cancelled() => lease_lost(&job, &policy, "lease taken over: another process recovered the job"),
-        _ = async { tokio::select! { _ = expired.cancelled() => {}, _ = lease_ended(ctx, lease_from) => {} } } => {
-            lease_lost(&job, &policy, "lease expired without a successful heartbeat (process paused or cut off from the database)")
-        }
-        r = tokio::time::timeout(policy.timeout, run) => match r {
-            Ok(Ok(Ok(result))) => Outcome::Success(result),
-            Ok(Ok(Err(e))) => attempt_failed(&policy, job.attempt, e.to_string()),
-            Ok(Err(_panic)) => attempt_failed(&policy, job.attempt, "runner panicked".into()),
-            Err(_) => attempt_failed(&policy, job.attempt, format!("timed out after {} ms", policy.timeout.as_millis())),
-        },
+        Ended::Left => None,
     };
-    let finished = Finished {
-        completion: Completion { id: job.id, attempt: job.attempt, outcome },
-        action: job.action,
-        target: job.target.clone(),
-        started_at: job.started_at,
-    };
-    if ctx.completions.send(finished).is_err() {
-        tracing::error!("completer is gone; lease recovery will settle this job");
+    if let Some(outcome) = outcome {
+        let finished = Finished {
+            completion: Completion { id: job.id, attempt: job.attempt, outcome },
+            action: job.action,
+            target: job.target.clone(),
+            started_at: job.started_at,
+        };
+        // Receiver: the completer (`complete::complete_loop`).
+        if ctx.completions.send(finished).is_err() {
+            tracing::error!("completer is gone; lease recovery will settle this job");
+        }
     }
     if let Ok(mut running) = ctx.running.lock() {
         running.remove(&job.id);
@@ -136,11 +180,95 @@ async fn run_attempt(ctx: &Ctx, job: ClaimedJob, lease_from: Instant, claimed_at
     ctx.metrics.attempt_ended();
 }
 
+/// How an attempt ended, before its result is written.
+enum Ended {
+    /// Write this outcome.
+    Settled(Outcome),
+    /// Stop the remote run (a cancel, a timeout), then write this outcome.
+    StopRemote(Outcome),
+    /// Shutdown: the remote run goes on; release the lease so it is resumed at once elsewhere.
+    HandOver,
+    /// The lease is gone and the remote run is recorded: whoever recovers the job resumes it;
+    /// write nothing.
+    Left,
+}
+
+/// What a failed run means: a permanent error ends the job; any other is retried while
+/// attempts remain, not sooner than the backend asked.
+fn failed(policy: &ActionPolicy, attempt: i32, e: RunError) -> Outcome {
+    match e.kind {
+        ErrorKind::Permanent => Outcome::Failed(e.message),
+        ErrorKind::Retryable => attempt_failed(policy, attempt, e.message, e.retry_after),
+    }
+}
+
+/// Asks the backend to stop a remote run, bounded: a backend that does not answer must not hold
+/// the worker slot.
+async fn stop_remote(runner: &dyn Runner, request: &RunRequest, external: &External) {
+    match tokio::time::timeout(Duration::from_secs(15), runner.cancel(request, external)).await {
+        Ok(Ok(())) => {
+            tracing::info!(job_id = %request.job_id, system = %external.system, external_id = %external.id, "remote run canceled")
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(job_id = %request.job_id, system = %external.system, external_id = %external.id, error = %e, "canceling the remote run failed")
+        }
+        Err(_) => {
+            tracing::warn!(job_id = %request.job_id, system = %external.system, external_id = %external.id, "canceling the remote run timed out")
+        }
+    }
+}
+
+/// Stores the remote run of an attempt as soon as its runner reports it.
+struct AttemptRecorder<'a> {
+    ctx: &'a Ctx,
+    job: &'a ClaimedJob,
+    /// The latest run reported (or resumed): what a cancel must stop.
+    recorded: Mutex<Option<External>>,
+}
+
+impl AttemptRecorder<'_> {
+    fn external(&self) -> Option<External> {
+        self.recorded.lock().ok().and_then(|r| r.clone())
+    }
+}
+
+impl Recorder for AttemptRecorder<'_> {
+    fn record(&self, external: External) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Ok(mut r) = self.recorded.lock() {
+                *r = Some(external.clone());
+            }
+            let job = self.job;
+            tracing::info!(job_id = %job.id, action = %job.action, target = %job.target, system = %external.system, external_id = %external.id, url = %external.url, "external run recorded");
+            let mut delay = Duration::from_millis(100);
+            for _ in 0..8 {
+                match self.ctx.store.record_external(job.id, job.attempt, &external).await {
+                    Ok(true) => return,
+                    Ok(false) => {
+                        tracing::warn!(job_id = %job.id, "external run not recorded: the attempt lost its lease");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(job_id = %job.id, error = %e, "recording the external run failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
+                }
+            }
+            tracing::error!(job_id = %job.id, "could not record the external run: following it without crash safety");
+        })
+    }
+}
+
 /// The attempt no longer holds its job: stop it and settle it as its worker had died. When
 /// another process took the job over, the completion is refused by the fence and changes
 /// nothing; when nobody has yet, it settles the job by the action's lost-job policy.
-fn lease_lost(job: &ClaimedJob, policy: &ActionPolicy, reason: &'static str) -> Outcome {
+/// A remote run that is recorded is left for whoever recovers the job, to resume.
+fn lease_lost(job: &ClaimedJob, policy: &ActionPolicy, remote: bool, reason: &'static str) -> Ended {
     tracing::warn!(job_id = %job.id, action = %job.action, target = %job.target, attempt = job.attempt, reason, "job attempt stopped: lease lost");
+    if remote {
+        return Ended::Left;
+    }
     let why = format!("worker lost: {reason}, during attempt {}", job.attempt);
-    lost_outcome(policy.on_lost, policy.max_attempts, job.attempt, why, now_us())
+    Ended::Settled(lost_outcome(policy.on_lost, policy.max_attempts, job.attempt, why, now_us()))
 }

@@ -204,6 +204,20 @@ pub struct Job {
     pub cancel_requested: bool,
     /// The identity that submitted it (null for jobs from before authentication existed).
     pub submitted_by: Option<String>,
+    /// The remote run a runner launched for it, once the backend answered the launch.
+    pub external: Option<External>,
+}
+
+/// A run launched in another system (an AWX job, a Jenkins build, a workflow run, a rollout):
+/// enough to find it again after a crash, and a link for people.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct External {
+    /// Which system: `awx`, `jenkins`, `github_actions`, `kubernetes`.
+    pub system: String,
+    /// The run's identity there.
+    pub id: String,
+    /// Where a person (or the runner, polling) finds it.
+    pub url: String,
 }
 
 /// One audit record of a job: who did what to it, when.

@@ -30,6 +30,9 @@ pub const JOBS_CHANNEL: &str = "automation_gateway_jobs";
 /// Channel carrying the id of a job whose cancel was requested.
 pub const CANCEL_CHANNEL: &str = "automation_gateway_cancel";
 
+/// The advisory lock migrations run under on PostgreSQL ("agmigrat").
+const MIGRATION_LOCK_KEY: i64 = 0x6167_6d69_6772_6174;
+
 /// Tasks running batched point reads, each holding one connection.
 const READERS: usize = 4;
 
@@ -181,7 +184,29 @@ impl Store {
 
     /// Applies pending migrations.
     pub async fn migrate(&self) -> Result<(), Error> {
-        Migrator::up(&self.inner.write, None).await?;
+        // Replicas started together on an empty PostgreSQL database would run the same DDL at
+        // once (and fail on PostgreSQL's catalog): a session lock, held on a connection of its
+        // own, lets one migrate while the others wait and then find nothing to do.
+        let lock = match self.pg_pool() {
+            Some(pool) => {
+                let mut conn = pool
+                    .acquire()
+                    .await
+                    .map_err(|e| Error::from(sea_orm::DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into()))))?;
+                sqlx::query("SELECT pg_advisory_lock($1)")
+                    .bind(MIGRATION_LOCK_KEY)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| Error::from(sea_orm::DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into()))))?;
+                Some(conn)
+            }
+            None => None,
+        };
+        let result = Migrator::up(&self.inner.write, None).await;
+        if let Some(mut conn) = lock {
+            let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(MIGRATION_LOCK_KEY).execute(&mut *conn).await;
+        }
+        result?;
         self.inner.migrated.store(true, Ordering::Relaxed);
         Ok(())
     }

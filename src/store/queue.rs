@@ -11,6 +11,34 @@ use uuid::Uuid;
 
 use super::rows::{self, get};
 use super::{Backend, Error, Store, now_us};
+
+/// What a claim returns.
+const CLAIMED_COLUMNS: &str =
+    "id, action, target, parameters, attempts, created_at, started_at, requested_by, external, cancel_requested";
+
+/// The advisory lock claims take while some action limits its jobs per target (PostgreSQL).
+const CLAIM_LOCK_KEY: i64 = 0x0061_6763_6c61_696d; // "agclaim"
+
+/// The claim's extra condition when actions limit their RUNNING jobs per target: a PENDING job
+/// of such an action is claimable only while its place in its target's line plus the target's
+/// RUNNING jobs stays within the limit. Action names are `[a-z][a-z0-9_]*`, safe as literals.
+fn capped_targets(per_target: &[(Action, u32)]) -> String {
+    if per_target.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = per_target.iter().map(|(a, _)| format!("'{a}'")).collect();
+    let names = names.join(", ");
+    let whens: String = per_target.iter().map(|(a, n)| format!(" WHEN '{a}' THEN {n}")).collect();
+    let (pending, running) = (rows::sql(JobStatus::Pending), rows::sql(JobStatus::Running));
+    format!(
+        "AND (action NOT IN ({names}) OR id IN (\
+         SELECT w.id FROM (SELECT p.id, p.action, p.target, \
+         ROW_NUMBER() OVER (PARTITION BY p.action, p.target ORDER BY p.run_at, p.id) AS rn, \
+         CASE p.action{whens} END AS cap \
+         FROM jobs p WHERE p.status = {pending} AND p.run_at <= $3 AND p.action IN ({names})) w \
+         WHERE w.rn + (SELECT COUNT(*) FROM jobs r WHERE r.status = {running} AND r.action = w.action AND r.target = w.target) <= w.cap))"
+    )
+}
 use crate::jobs::{Action, JobId, JobStatus};
 
 /// A job handed to a worker, with the lease this process now holds on it.
@@ -28,6 +56,12 @@ pub struct ClaimedJob {
     pub started_at: i64,
     /// True when this is the first attempt.
     pub first_attempt: bool,
+    /// Who asked (templates may use it).
+    pub requested_by: String,
+    /// The remote run an earlier attempt launched and recorded: resume it, launch nothing.
+    pub external: Option<crate::jobs::External>,
+    /// A cancel was requested (a resumed job may carry one).
+    pub cancel_requested: bool,
 }
 
 /// How an attempt ended, as the executor decided.
@@ -71,6 +105,8 @@ pub struct LostJob {
     pub started_at: Option<i64>,
     /// Whether a cancel was requested.
     pub cancel_requested: bool,
+    /// Its remote run is recorded: it is resumed, not settled by the lost-job policy.
+    pub resumable: bool,
 }
 
 /// A job whose lease a heartbeat extended.
@@ -96,7 +132,13 @@ impl Store {
     /// Claims up to `limit` runnable PENDING jobs for `owner`, sets them RUNNING with a lease
     /// until `lease_until` (µs), and returns them. On PostgreSQL `SKIP LOCKED` lets replicas
     /// claim concurrently without waiting on each other's rows.
-    pub async fn claim_batch(&self, owner: Uuid, limit: usize, lease_us: i64) -> Result<Vec<ClaimedJob>, Error> {
+    pub async fn claim_batch(
+        &self,
+        owner: Uuid,
+        limit: usize,
+        lease_us: i64,
+        per_target: &[(Action, u32)],
+    ) -> Result<Vec<ClaimedJob>, Error> {
         let now = now_us();
         // SQLite's planner prefers the (status, id) index here and then sorts every PENDING row;
         // pinning the small run-order index keeps a claim independent of the queue's length.
@@ -105,25 +147,100 @@ impl Store {
             Backend::Sqlite => ("INDEXED BY jobs_pending_idx", ""),
         };
         let (running, pending) = (rows::sql(JobStatus::Running), rows::sql(JobStatus::Pending));
+        let capped = capped_targets(per_target);
         let sql = format!(
             "UPDATE jobs SET status = {running}, attempts = attempts + 1, lease_owner = $1, lease_until = $2, \
              started_at = COALESCE(started_at, $3) \
-             WHERE id IN (SELECT id FROM jobs {index} WHERE status = {pending} AND run_at <= $3 ORDER BY run_at, id LIMIT $4 {lock}) \
-             RETURNING id, action, target, parameters, attempts, created_at, started_at"
+             WHERE id IN (SELECT id FROM jobs {index} WHERE status = {pending} AND run_at <= $3 {capped} ORDER BY run_at, id LIMIT $4 {lock}) \
+             RETURNING {CLAIMED_COLUMNS}"
         );
-        let rows = self
-            .inner
-            .write
-            .query_all_raw(
-                self.stmt(&sql, vec![owner.into(), (now + lease_us).into(), now.into(), (limit as i64).into()]),
-            )
-            .await
-            .map_err(Error::from);
+        let values = vec![owner.into(), (now + lease_us).into(), now.into(), (limit as i64).into()];
+        let rows = if per_target.is_empty() {
+            self.inner.write.query_all_raw(self.stmt(&sql, values)).await.map_err(Error::from)
+        } else {
+            self.claim_serialized(&sql, values).await
+        };
         self.note_write_failure(&rows);
         let rows = rows?;
         let jobs = rows.iter().map(|r| rows::claimed(r, now)).collect::<Result<Vec<_>, _>>()?;
         self.add_pending_estimate(-(jobs.len() as i64));
         Ok(jobs)
+    }
+
+    /// A claim that counts the RUNNING jobs of a target, under a lock every replica's claim
+    /// takes: two replicas counting at once would each see the free slot and both take it.
+    /// (SQLite has one writer, which serializes claims already.)
+    async fn claim_serialized(&self, sql: &str, values: Vec<Value>) -> Result<Vec<sea_orm::QueryResult>, Error> {
+        let txn = self.inner.write.begin().await?;
+        if self.inner.backend == Backend::Postgres {
+            txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({CLAIM_LOCK_KEY})")).await?;
+        }
+        let rows = txn.query_all_raw(self.stmt(sql, values)).await?;
+        txn.commit().await?;
+        Ok(rows)
+    }
+
+    /// Takes over the lease of a RUNNING job whose remote run is recorded (its lease expired, or
+    /// its process handed it over), as a new attempt of this process: the worker resumes
+    /// following the run. `None` when another process took it first (the fence: same attempt,
+    /// still RUNNING, lease still expired).
+    pub async fn resume_lease(
+        &self,
+        owner: Uuid,
+        id: JobId,
+        attempt: i32,
+        lease_us: i64,
+        all_running: bool,
+    ) -> Result<Option<ClaimedJob>, Error> {
+        let now = now_us();
+        // At SQLite start-up every RUNNING job is a dead process's, whatever its lease says.
+        let cutoff = if all_running { i64::MAX } else { now };
+        let sql = format!(
+            "UPDATE jobs SET attempts = attempts + 1, lease_owner = $1, lease_until = $2 \
+             WHERE id = $3 AND attempts = $4 AND status = {running} AND lease_until < $5 AND external IS NOT NULL \
+             RETURNING {CLAIMED_COLUMNS}",
+            running = rows::sql(JobStatus::Running)
+        );
+        let row =
+            self.inner
+                .write
+                .query_one_raw(self.stmt(
+                    &sql,
+                    vec![owner.into(), (now + lease_us).into(), id.0.into(), attempt.into(), cutoff.into()],
+                ))
+                .await?;
+        row.map(|r| rows::claimed(&r, now)).transpose()
+    }
+
+    /// Records the remote run an attempt launched, before the runner follows it. False when the
+    /// attempt is no longer current (its lease was lost).
+    pub async fn record_external(
+        &self,
+        id: JobId,
+        attempt: i32,
+        external: &crate::jobs::External,
+    ) -> Result<bool, Error> {
+        let text = serde_json::to_string(external).map_err(|e| Error::Internal(e.to_string()))?;
+        let sql = format!(
+            "UPDATE jobs SET external = $1 WHERE id = $2 AND attempts = $3 AND status = {running}",
+            running = rows::sql(JobStatus::Running)
+        );
+        let done = self.inner.write.execute_raw(self.stmt(&sql, vec![text.into(), id.0.into(), attempt.into()])).await;
+        let done = done.map_err(Error::from);
+        self.note_write_failure(&done);
+        Ok(done?.rows_affected() == 1)
+    }
+
+    /// Gives up this process's lease on a job whose remote run goes on (shutdown): any process
+    /// may resume it at once instead of after the lease.
+    pub async fn release_lease(&self, owner: Uuid, id: JobId, attempt: i32) -> Result<(), Error> {
+        let sql = format!(
+            "UPDATE jobs SET lease_owner = NULL, lease_until = 0 \
+             WHERE id = $1 AND attempts = $2 AND lease_owner = $3 AND status = {running}",
+            running = rows::sql(JobStatus::Running)
+        );
+        self.inner.write.execute_raw(self.stmt(&sql, vec![id.0.into(), attempt.into(), owner.into()])).await?;
+        Ok(())
     }
 
     /// Extends the lease of every job `owner` still holds, and returns them: id, attempt, and
@@ -196,6 +313,7 @@ impl Store {
              status = CASE WHEN v.column3 = {pending} AND jobs.cancel_requested THEN {canceled} ELSE v.column3 END, \
              finished_at = CASE WHEN v.column3 = {pending} AND NOT jobs.cancel_requested THEN NULL ELSE v.column7 END, \
              result = v.column4, error = v.column5, run_at = COALESCE(v.column6, jobs.run_at), \
+             external = CASE WHEN v.column3 = {pending} THEN NULL ELSE jobs.external END, \
              lease_owner = NULL, lease_until = NULL \
              FROM ("
         );
@@ -239,7 +357,7 @@ impl Store {
             .write
             .query_all_raw(self.stmt(
                 &format!(
-                    "SELECT id, action, target, attempts, started_at, cancel_requested FROM jobs WHERE status = {} AND lease_until < $1 LIMIT $2",
+                    "SELECT id, action, target, attempts, started_at, cancel_requested, external FROM jobs WHERE status = {} AND lease_until < $1 LIMIT $2",
                     rows::sql(JobStatus::Running)
                 ),
                 vec![cutoff.into(), (limit as i64).into()],

@@ -8,10 +8,10 @@ use uuid::Uuid;
 
 use super::Error;
 use super::queue::{ClaimedJob, Held, LostJob};
-use crate::jobs::{Action, Job, JobEvent, JobId, JobStatus};
+use crate::jobs::{Action, External, Job, JobEvent, JobId, JobStatus};
 
 /// Columns read back into a `Job`.
-pub(super) const JOB_COLUMNS: &str = "id, action, target, requested_by, parameters, status, attempts, error, result, created_at, started_at, finished_at, cancel_requested, submitted_by";
+pub(super) const JOB_COLUMNS: &str = "id, action, target, requested_by, parameters, status, attempts, error, result, created_at, started_at, finished_at, cancel_requested, submitted_by, external";
 
 /// A status as an SQL literal, for statements (the one place statuses are spelled in SQL; a test
 /// checks each against the domain's name). Literals, not parameters: the partial indexes
@@ -53,6 +53,13 @@ fn json(row: &QueryResult, col: &str) -> Result<Option<Json>, Error> {
         .transpose()
 }
 
+/// The `external` column: the remote run, as JSON.
+fn external(row: &QueryResult) -> Result<Option<External>, Error> {
+    json(row, "external")?
+        .map(|v| serde_json::from_value(v).map_err(|e| Error::Corrupt(format!("column external: {e}"))))
+        .transpose()
+}
+
 /// A row of `JOB_COLUMNS`.
 pub(super) fn job(row: &QueryResult) -> Result<Job, Error> {
     Ok(Job {
@@ -70,6 +77,7 @@ pub(super) fn job(row: &QueryResult) -> Result<Job, Error> {
         finished_at: get(row, "finished_at")?,
         cancel_requested: get(row, "cancel_requested")?,
         submitted_by: get(row, "submitted_by")?,
+        external: external(row)?,
     })
 }
 
@@ -85,6 +93,9 @@ pub(super) fn claimed(row: &QueryResult, now: i64) -> Result<ClaimedJob, Error> 
         created_at: get(row, "created_at")?,
         started_at: get::<Option<i64>>(row, "started_at")?.unwrap_or(now),
         first_attempt: attempt == 1,
+        requested_by: get(row, "requested_by")?,
+        external: external(row)?,
+        cancel_requested: get(row, "cancel_requested")?,
     })
 }
 
@@ -102,6 +113,7 @@ pub(super) fn lost(row: &QueryResult) -> Result<LostJob, Error> {
         attempt: get(row, "attempts")?,
         started_at: get(row, "started_at")?,
         cancel_requested: get(row, "cancel_requested")?,
+        resumable: get::<Option<String>>(row, "external")?.is_some(),
     })
 }
 

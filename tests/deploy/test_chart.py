@@ -84,12 +84,19 @@ def test_every_custom_resource_passes_its_crd_schema(rendered, sid):
 @pytest.mark.parametrize("sid", IDS)
 def test_every_object_sets_the_release_namespace_and_common_labels(rendered, sid):
     values = dict(SCENARIOS)[sid]
+    rbac_namespaces = ((values.get("kubernetesRunner") or {}).get("rbac") or {}).get("namespaces") or []
     for d in objects(rendered[sid]):
         md = d["metadata"]
-        expected_ns = NAMESPACE
-        if d["kind"] == "ConfigMap" and (values.get("grafanaDashboard") or {}).get("namespace"):
-            expected_ns = values["grafanaDashboard"]["namespace"]
-        assert md.get("namespace") == expected_ns, f"{d['kind']}/{md['name']} has no namespace"
+        if d["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+            assert "namespace" not in md, f"{d['kind']}/{md['name']} is cluster-scoped"
+        elif d["kind"] in ("Role", "RoleBinding"):
+            # The kubernetes runner's rights live in the namespaces of the workloads it restarts.
+            assert md.get("namespace") in rbac_namespaces, f"{d['kind']}/{md['name']} in {md.get('namespace')}"
+        else:
+            expected_ns = NAMESPACE
+            if d["__template__"].endswith("dashboards.yaml") and (values.get("grafanaDashboard") or {}).get("namespace"):
+                expected_ns = values["grafanaDashboard"]["namespace"]
+            assert md.get("namespace") == expected_ns, f"{d['kind']}/{md['name']} has no namespace"
         labels = md.get("labels") or {}
         assert labels.get("app.kubernetes.io/instance") == "automation-gateway", md["name"]
         assert labels.get("app.kubernetes.io/managed-by") == "Helm", md["name"]
@@ -102,7 +109,10 @@ def test_workload_is_hardened_and_probed(rendered, sid):
     spec = dep["spec"]
     assert set(spec["selector"]["matchLabels"]) == {"app.kubernetes.io/name", "app.kubernetes.io/instance"}
     pod = spec["template"]["spec"]
-    assert pod["automountServiceAccountToken"] is False
+    values = dict(SCENARIOS)[sid]
+    rbac = (values.get("kubernetesRunner") or {}).get("rbac") or {}
+    # The API token is mounted only for the kubernetes runner's RBAC.
+    assert pod["automountServiceAccountToken"] is bool(rbac.get("namespaces") or rbac.get("clusterWide"))
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     grace = pod["terminationGracePeriodSeconds"]
@@ -178,7 +188,7 @@ def test_monitoring_objects_carry_discovery_labels(rendered, sid):
     assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     pr = one(docs, "PrometheusRule")
     assert pr["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    cms = by_kind(docs, "ConfigMap")
+    cms = [d for d in by_kind(docs, "ConfigMap") if d["__template__"].endswith("dashboards.yaml")]
     assert cms, "no dashboard ConfigMap"
     for cm in cms:
         assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"

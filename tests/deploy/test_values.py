@@ -71,6 +71,8 @@ def test_schema_is_closed_everywhere():
                     open_objects.append(path)
             for k, v in (node.get("properties") or {}).items():
                 walk(v, f"{path}.{k}" if path else k)
+            if isinstance(node.get("additionalProperties"), dict):  # e.g. each action of `actions`
+                walk(node["additionalProperties"], path + ".*")
             if "items" in node:
                 walk(node["items"], path + "[]")
 

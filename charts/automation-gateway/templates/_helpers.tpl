@@ -99,6 +99,7 @@ combination fails every render with a clear message.
 {{- if and .Values.metrics.requireToken .Values.serviceMonitor.enabled (not .Values.metrics.scrapeToken.existingSecret) }}
 {{- fail "metrics.requireToken=true with serviceMonitor.enabled=true needs metrics.scrapeToken.existingSecret: the Secret holding the token Prometheus sends (otherwise every scrape gets 401)." }}
 {{- end }}
+{{- include "automation-gateway.validateRunners" . }}
 {{- if le (int .Values.terminationGracePeriodSeconds) (add (int .Values.config.shutdownGraceSecs) (int .Values.preStopSleepSeconds)) }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must be larger than config.shutdownGraceSecs (%d) + preStopSleepSeconds (%d), or running jobs are killed before they drain." (int .Values.terminationGracePeriodSeconds) (int .Values.config.shutdownGraceSecs) (int .Values.preStopSleepSeconds)) }}
 {{- end }}
@@ -181,4 +182,95 @@ combination fails every render with a clear message.
 {{/* Namespace of the dashboard ConfigMaps. */}}
 {{- define "automation-gateway.dashboardNamespace" -}}
 {{- .Values.grafanaDashboard.namespace | default .Release.Namespace }}
+{{- end }}
+
+{{/* Directory of the actions ConfigMap and path of the actions file inside the container. */}}
+{{- define "automation-gateway.actionsDir" -}}/etc/automation-gateway/actions{{- end }}
+{{- define "automation-gateway.actionsPath" -}}{{ include "automation-gateway.actionsDir" . }}/actions.yaml{{- end }}
+
+{{/* Directory under which each runnerSecrets entry is mounted as <dir>/<name>/. */}}
+{{- define "automation-gateway.runnerSecretsDir" -}}/etc/automation-gateway/secrets{{- end }}
+
+{{/* Name of the actions ConfigMap. */}}
+{{- define "automation-gateway.actionsConfigMapName" -}}
+{{- include "automation-gateway.fullname" . | trunc 55 | trimSuffix "-" }}-actions
+{{- end }}
+
+{{/*
+The actions file: `actions: <.Values.actions>`. The ConfigMap holds exactly this text and the pod
+annotation checksum/actions is its sha256.
+*/}}
+{{- define "automation-gateway.actionsFile" -}}
+{{- dict "actions" .Values.actions | toYaml }}
+{{- end }}
+
+{{/* Is RBAC for the kubernetes runner rendered (so the pods need the ServiceAccount token)? */}}
+{{- define "automation-gateway.kubernetesRbac" -}}
+{{- if or .Values.kubernetesRunner.rbac.clusterWide .Values.kubernetesRunner.rbac.namespaces }}true{{- end }}
+{{- end }}
+
+{{/* Name of the kubernetes runner's Role(s) and RoleBinding(s). */}}
+{{- define "automation-gateway.kubernetesRunnerRoleName" -}}
+{{- include "automation-gateway.fullname" . }}-kubernetes-runner
+{{- end }}
+
+{{/* ClusterRole(Binding) names are cluster-wide: the release namespace keeps two releases apart. */}}
+{{- define "automation-gateway.kubernetesRunnerClusterRoleName" -}}
+{{- printf "%s-%s-kubernetes-runner" .Release.Namespace (include "automation-gateway.fullname" .) }}
+{{- end }}
+
+{{/* Checks of the runner values (actions, runnerSecrets, kubernetesRunner) beyond the schema. */}}
+{{- define "automation-gateway.validateRunners" -}}
+{{- $rbac := .Values.kubernetesRunner.rbac }}
+{{- if and $rbac.clusterWide $rbac.namespaces }}
+{{- fail "kubernetesRunner.rbac: set either namespaces (a Role per namespace) or clusterWide=true (one ClusterRole), not both." }}
+{{- end }}
+{{- if and (include "automation-gateway.kubernetesRbac" .) (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) }}
+{{- fail "kubernetesRunner.rbac needs a ServiceAccount of its own: set serviceAccount.create=true or serviceAccount.name (the chart will not grant rights to the namespace's `default` ServiceAccount)." }}
+{{- end }}
+{{- if and (include "automation-gateway.kubernetesRbac" .) .Values.networkPolicy.enabled (not .Values.networkPolicy.allowExternalEgress) (not .Values.networkPolicy.kubernetesApi.cidr) (not .Values.networkPolicy.extraEgress) }}
+{{- fail "kubernetesRunner.rbac is on but the NetworkPolicy blocks the API server: set networkPolicy.kubernetesApi.cidr (the API server endpoints) or an networkPolicy.extraEgress rule, or networkPolicy.allowExternalEgress=true." }}
+{{- end }}
+{{- $secretsDir := include "automation-gateway.runnerSecretsDir" . }}
+{{- $mounted := dict }}
+{{- range .Values.runnerSecrets }}
+{{- if hasKey $mounted .name }}
+{{- fail (printf "runnerSecrets: the name %q is used twice (each entry is its own directory %s/<name>)." .name $secretsDir) }}
+{{- end }}
+{{- $_ := set $mounted .name (.key | default "") }}
+{{- end }}
+{{- if .Values.actions }}
+{{- range $name, $action := .Values.actions }}
+{{- $block := get $action $action.runner }}
+{{- if kindIs "map" $block }}
+{{- range $field := list "token_file" "ca_file" }}
+{{- $path := get $block $field | toString }}
+{{- if hasPrefix (printf "%s/" $secretsDir) $path }}
+{{- $rest := trimPrefix (printf "%s/" $secretsDir) $path }}
+{{- $parts := splitList "/" $rest }}
+{{- $secret := first $parts }}
+{{- $file := rest $parts | join "/" }}
+{{- if not (hasKey $mounted $secret) }}
+{{- fail (printf "actions.%s.%s.%s: %s is under %s/ but runnerSecrets has no entry named %q (add {name: %s, secretName: ..., key: ...})." $name $action.runner $field $path $secretsDir $secret $secret) }}
+{{- end }}
+{{- $key := get $mounted $secret }}
+{{- if not $file }}
+{{- fail (printf "actions.%s.%s.%s: %s is the directory of runnerSecrets entry %q, not a file in it." $name $action.runner $field $path $secret) }}
+{{- end }}
+{{- if and $key (ne $key $file) }}
+{{- fail (printf "actions.%s.%s.%s: %s names the file %q, but runnerSecrets entry %q mounts only the key %q." $name $action.runner $field $path $file $secret $key) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if .Values.config.actionPolicy }}
+{{- range (splitList "," .Values.config.actionPolicy) }}
+{{- $given := (splitList "." (trim .)) | first }}
+{{- if and $given (not (hasKey $.Values.actions $given)) }}
+{{- fail (printf "config.actionPolicy names the action %q, which the actions catalog (actions) does not define; the service would refuse to start. Defined: %s." $given (keys $.Values.actions | sortAlpha | join ", ")) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}

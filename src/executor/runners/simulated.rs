@@ -9,7 +9,7 @@ use std::time::Duration;
 use rand::Rng;
 use serde_json::json;
 
-use super::{RunError, RunFuture, RunRequest, Runner};
+use super::{Recorder, RunError, RunFuture, RunRequest, Runner};
 
 /// Simulated run time: a fixed number of milliseconds or a uniform range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,14 +79,14 @@ impl SimulatedRunner {
 }
 
 impl Runner for SimulatedRunner {
-    fn run<'a>(&'a self, request: &'a RunRequest) -> RunFuture<'a> {
+    fn run<'a>(&'a self, request: &'a RunRequest, _recorder: &'a dyn Recorder) -> RunFuture<'a> {
         let (duration, fail) = self.plan(request);
         Box::pin(async move {
             if !duration.is_zero() {
                 tokio::time::sleep(duration).await;
             }
             if fail {
-                Err(RunError(format!("simulated failure of {} on {}", request.action, request.target)))
+                Err(RunError::retryable(format!("simulated failure of {} on {}", request.action, request.target)))
             } else {
                 Ok(json!({
                     "message": format!("{} completed on {}", request.action, request.target),
@@ -112,15 +112,31 @@ mod tests {
     use crate::jobs::Action;
 
     fn req(params: serde_json::Value) -> RunRequest {
-        RunRequest { action: Action::new("health_check").unwrap(), target: "t".into(), parameters: params, attempt: 1 }
+        RunRequest {
+            job_id: crate::jobs::JobId::new(),
+            action: Action::new("health_check").unwrap(),
+            target: "t".into(),
+            requested_by: "me".into(),
+            parameters: params,
+            attempt: 1,
+            external: None,
+        }
+    }
+
+    struct NoRecorder;
+
+    impl Recorder for NoRecorder {
+        fn record(&self, _: crate::jobs::External) -> super::super::BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
     }
 
     #[tokio::test]
     async fn parameters_override_the_defaults() {
         let r = SimulatedRunner::new(SimDuration { min_ms: 10_000, max_ms: 10_000 }, 0.0);
-        let out = r.run(&req(json!({"simulate": {"duration_ms": 0, "fail": true}}))).await;
+        let out = r.run(&req(json!({"simulate": {"duration_ms": 0, "fail": true}})), &NoRecorder).await;
         assert!(out.is_err());
-        let out = r.run(&req(json!({"simulate": {"duration_ms": 1, "fail": false}}))).await;
+        let out = r.run(&req(json!({"simulate": {"duration_ms": 1, "fail": false}})), &NoRecorder).await;
         assert_eq!(out.unwrap()["duration_ms"], 1);
     }
 }

@@ -1,14 +1,21 @@
 //! The actions catalog: which actions exist, and for each its description, policy and runner.
 //! Built once at start-up; everything that needs the set of actions (the API's validation and
 //! OpenAPI document, tokens files, metric label seeding, the executor) asks it, so adding an
-//! action is one entry here (or, later, in an actions file), not an edit in several places.
+//! action is one entry here or in an actions file (`file`), not an edit in several places.
+
+mod file;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::Value;
+
 use super::policy::{ActionPolicy, OnLost, PolicyOverrides};
 use super::runners::Runner;
+use super::template;
 use crate::jobs::{self, Action};
+
+pub use file::{Checked, check_file};
 
 /// One action: what it is called, what it does, how it is run.
 #[derive(Clone)]
@@ -20,6 +27,70 @@ pub struct ActionEntry {
     pub policy: ActionPolicy,
     /// What performs it.
     pub runner: Arc<dyn Runner>,
+    /// The runner's kind (`simulated`, `awx`, ...), for people.
+    pub runner_kind: &'static str,
+    /// Globs a target must match (`None`: any valid target).
+    pub targets: Option<Vec<String>>,
+    /// The JSON Schema parameters must satisfy, as written and compiled.
+    pub schema: Option<Arc<(Value, jsonschema::Validator)>>,
+    /// At most this many RUNNING jobs per target.
+    pub per_target: Option<u32>,
+    /// Parameters the runner's templates name, with where, so a job without them is refused
+    /// at POST instead of failing later.
+    pub needs: Vec<(Vec<String>, String)>,
+}
+
+impl ActionEntry {
+    /// A built-in action on `runner`, with no restrictions.
+    fn plain(action: Action, description: &str, policy: ActionPolicy, runner: Arc<dyn Runner>) -> Self {
+        Self {
+            action,
+            description: description.to_owned(),
+            policy,
+            runner,
+            runner_kind: "simulated",
+            targets: None,
+            schema: None,
+            per_target: None,
+            needs: Vec::new(),
+        }
+    }
+
+    /// Whether a job for `target` with `parameters` may be accepted: the target allowlist, the
+    /// parameters' schema, and every parameter a template names. Errors name the rule.
+    pub fn admit(&self, target: &str, parameters: &Value) -> Result<(), jobs::Error> {
+        if let Some(globs) = &self.targets
+            && !globs.iter().any(|g| file::glob_match(g, target))
+        {
+            return Err(jobs::Error::Validation {
+                field: "target",
+                reason: format!(
+                    "'{target}' is not allowed for action '{}' (allowed: {})",
+                    self.action,
+                    globs.join(", ")
+                ),
+            });
+        }
+        if let Some(schema) = &self.schema
+            && let Some(e) = schema.1.iter_errors(parameters).next()
+        {
+            let at = e.instance_path().to_string();
+            let at = if at.is_empty() { "/".to_owned() } else { at };
+            return Err(jobs::Error::Validation {
+                field: "parameters",
+                reason: format!("{at}: {e} (the action's parameters_schema)"),
+            });
+        }
+        for (path, at) in &self.needs {
+            if !template::has_parameter(parameters, path) {
+                return Err(jobs::Error::Validation {
+                    field: "parameters",
+                    reason: format!("'{}' is required by the action's template ({at})", path.join(".")),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Every action this process knows, in a stable order.
@@ -75,6 +146,9 @@ pub enum CatalogError {
     /// Two entries with one name.
     #[error("action '{0}' is defined twice")]
     Duplicate(Action),
+    /// The actions file is unreadable or wrong; every problem, one per line.
+    #[error("actions file {path}: {}", problems.join("; "))]
+    File { path: String, problems: Vec<String> },
 }
 
 impl ActionCatalog {
@@ -94,16 +168,29 @@ impl ActionCatalog {
         for (name, description, policy) in BUILT_IN {
             // The built-in names are well formed: a test checks every one.
             let Ok(action) = Action::new(name) else { continue };
-            entries.push(ActionEntry {
-                action,
-                description: description.to_owned(),
-                policy: overrides.apply(action, policy),
-                runner: runner.clone(),
-            });
+            entries.push(ActionEntry::plain(action, description, overrides.apply(action, policy), runner.clone()));
         }
         let catalog = Self::new(entries)?;
         catalog.check_overrides(overrides)?;
         Ok(catalog)
+    }
+
+    /// The actions of a catalog file (`GATEWAY_ACTIONS_FILE`), with `overrides` applied.
+    pub fn from_file(
+        path: &std::path::Path,
+        simulated: &super::runners::SimulatedRunner,
+        overrides: &PolicyOverrides,
+    ) -> Result<Self, CatalogError> {
+        let checked = file::load(path, simulated, overrides, true)
+            .map_err(|problems| CatalogError::File { path: path.display().to_string(), problems })?;
+        let catalog = Self::new(checked.entries)?;
+        catalog.check_overrides(overrides)?;
+        Ok(catalog)
+    }
+
+    /// The per-target limits, for the claim.
+    pub fn per_target_limits(&self) -> Vec<(Action, u32)> {
+        self.entries.iter().filter_map(|e| e.per_target.map(|n| (e.action, n))).collect()
     }
 
     fn check_overrides(&self, overrides: &PolicyOverrides) -> Result<(), CatalogError> {
