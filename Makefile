@@ -7,7 +7,7 @@ CARGO ?= cargo
 # Where cargo puts binaries (honours CARGO_TARGET_DIR).
 TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 
-.PHONY: run release-gateway test lint test-rust test-deploy test-security test-faults check-postgres openapi bench bench-smoke
+.PHONY: run release-gateway test lint test-rust test-deploy test-security test-faults test-runners check-postgres openapi bench bench-smoke
 
 # The shipped gateway binary links glibc statically (static-pie): the shared libraries' pages stay
 # out of its resident set (about 1 MB less idle RSS). `--target` with the host triple makes cargo
@@ -23,7 +23,7 @@ release-gateway:
 	RUSTFLAGS="$$RUSTFLAGS -C target-feature=+crt-static" $(CARGO) build --release --locked --target $(HOST) --bin automation-gateway
 
 ## The README's test command.
-test: lint check-postgres test-rust bench-smoke test-deploy test-security test-faults
+test: lint check-postgres test-rust bench-smoke test-deploy test-security test-faults test-runners
 	@echo "make test: all suites passed"
 
 lint:
@@ -58,6 +58,13 @@ test-security:
 test-faults:
 	$(CARGO) build --locked --bin automation-gateway
 	GATEWAY_BIN="$(TARGET_DIR)/debug/automation-gateway" bash tests/faults/run.sh
+
+# The runners against wire-format fakes of AWX, Jenkins, GitHub Actions and the Kubernetes API on
+# 127.0.0.1 (plus http and command), crash resume with SIGKILL/SIGSTOP, per-target concurrency on
+# SQLite and two PostgreSQL replicas, and the actions file's checks.
+test-runners:
+	$(CARGO) build --locked --bin automation-gateway
+	GATEWAY_BIN="$(TARGET_DIR)/debug/automation-gateway" bash tests/runners/run.sh
 
 # Regenerates the committed OpenAPI document (a test fails when it drifts).
 openapi:

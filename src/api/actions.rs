@@ -6,7 +6,7 @@ use poem_openapi::OpenApi;
 use poem_openapi::payload::Json;
 
 use super::auth::{Caller, Need};
-use super::model::{ActionList, ActionOut};
+use super::model::{ActionListOut, ActionOut};
 use super::problem::RETRY_AFTER_SECS;
 use super::request_id::ReqId;
 use super::responses::problem_responses;
@@ -39,10 +39,10 @@ impl ActionsApi {
         _caller: Caller,
         identity: Data<&Identity>,
         request_id: ReqId,
-    ) -> Result<Json<ActionList>, ActionsError> {
+    ) -> Result<Json<ActionListOut>, ActionsError> {
         state.require(identity.0, Need::Read, "actions.list", &request_id.to_string()).map_err(ActionsError::from)?;
         let actions =
             state.catalog.entries().iter().filter(|e| identity.0.in_scope(e.action)).map(ActionOut::from).collect();
-        Ok(Json(ActionList { actions }))
+        Ok(Json(ActionListOut { actions }))
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::State;
 use super::auth::Need;
 use super::jobs::visible_job;
-use super::model::CreateJobRequest;
+use super::model::CreateJobIn;
 use super::problem::Problem;
 use crate::auth::Identity;
 use crate::jobs::{Job, JobId, NewJob};
@@ -50,7 +50,7 @@ pub(super) async fn create_job(
     state: &State,
     identity: &Identity,
     request_id: &str,
-    req: CreateJobRequest,
+    req: CreateJobIn,
     key: Option<String>,
 ) -> Result<Enqueued, Problem> {
     // Bounded copies for the audit line: the request is the client's.

@@ -7,7 +7,7 @@ use poem::web::Data;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
-use super::model::{Health, Readiness};
+use super::model::{HealthOut, ReadinessOut};
 use super::{ApiTags, State};
 use crate::store::Health as StoreHealth;
 
@@ -20,14 +20,14 @@ pub enum ReadyResponse {
     /// The database answers, migrations are applied, writes work, the service is not shutting
     /// down.
     #[oai(status = 200)]
-    Ready(Json<Readiness>),
+    Ready(Json<ReadinessOut>),
     /// Not ready; `reason` says why.
     #[oai(status = 503)]
-    NotReady(Json<Readiness>),
+    NotReady(Json<ReadinessOut>),
 }
 
 fn not_ready(state: &State, reason: &str) -> ReadyResponse {
-    ReadyResponse::NotReady(Json(Readiness {
+    ReadyResponse::NotReady(Json(ReadinessOut {
         status: "not_ready".into(),
         reason: Some(reason.into()),
         auth: auth_detail(state),
@@ -48,8 +48,8 @@ impl HealthApi {
     ///
     /// 200 while the process serves HTTP. Touches no database.
     #[oai(path = "/healthz", method = "get", operation_id = "health.live")]
-    async fn healthz(&self) -> Json<Health> {
-        Json(Health { status: "ok".into() })
+    async fn healthz(&self) -> Json<HealthOut> {
+        Json(HealthOut { status: "ok".into() })
     }
 
     /// Readiness
@@ -62,7 +62,7 @@ impl HealthApi {
             return not_ready(&state, "shutting down");
         }
         match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ready()).await {
-            Ok(Ok(StoreHealth::Ready)) => ReadyResponse::Ready(Json(Readiness {
+            Ok(Ok(StoreHealth::Ready)) => ReadyResponse::Ready(Json(ReadinessOut {
                 status: "ready".into(),
                 reason: None,
                 auth: auth_detail(&state),

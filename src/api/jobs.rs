@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::auth::{Caller, Need};
 use super::commands;
 use super::json::JsonOut;
-use super::model::{CreateJobRequest, JobAccepted, JobEventOut, JobOut, JobPage, JobStatusOut};
+use super::model::{CreateJobIn, JobAcceptedOut, JobEventOut, JobOut, JobPageOut, JobStatusOut};
 use super::problem::{Problem, RETRY_AFTER_SECS};
 use super::responses::problem_responses;
 use super::strict::StrictJson;
@@ -34,7 +34,7 @@ pub enum CreateResponse {
     /// The job is durably stored and will run asynchronously (or, with a replayed
     /// `Idempotency-Key`, this is the original job).
     #[oai(status = 202)]
-    Accepted(Json<JobAccepted>, #[oai(header = "Location")] String),
+    Accepted(Json<JobAcceptedOut>, #[oai(header = "Location")] String),
 }
 
 problem_responses! {
@@ -172,7 +172,7 @@ impl JobsApi {
         identity: Data<&Identity>,
         request_id: ReqId,
         raw: &poem::Request,
-        body: StrictJson<CreateJobRequest>,
+        body: StrictJson<CreateJobIn>,
         /// Makes retries safe: the same key with the same body returns the original job; with
         /// another body it is refused with 409. Any UTF-8 text of 1 to 255 characters, compared
         /// byte for byte.
@@ -184,7 +184,7 @@ impl JobsApi {
             .await
             .map_err(CreateError::from)?;
         let location = format!("/v1/jobs/{}", out.id);
-        Ok(CreateResponse::Accepted(Json(JobAccepted { job_id: out.id.0, status: out.status.into() }), location))
+        Ok(CreateResponse::Accepted(Json(JobAcceptedOut { job_id: out.id.0, status: out.status.into() }), location))
     }
 
     /// Get a job
@@ -256,7 +256,7 @@ impl JobsApi {
         /// The `next_cursor` of the previous page.
         #[oai(validator(max_length = 64))]
         cursor: Query<Option<String>>,
-    ) -> Result<JsonOut<JobPage>, ListError> {
+    ) -> Result<JsonOut<JobPageOut>, ListError> {
         let identity = identity.0;
         state.require(identity, Need::Read, "jobs.list", &request_id.to_string()).map_err(ListError::from)?;
         no_nul("target", &target.0).map_err(ListError::from)?;
@@ -279,7 +279,7 @@ impl JobsApi {
         };
         if action.is_some_and(|a| !identity.in_scope(a)) {
             // Outside the token's scope: nothing it may see.
-            return Ok(JsonOut(JobPage { items: Vec::new(), next_cursor: None }));
+            return Ok(JsonOut(JobPageOut { items: Vec::new(), next_cursor: None }));
         }
         let filter = JobFilter {
             status: status.0.map(JobStatus::from),
@@ -290,7 +290,7 @@ impl JobsApi {
             before,
         };
         let page = state.store.list(&filter, u64::from(limit.0.unwrap_or(50))).await.map_err(problem::<ListError>)?;
-        Ok(JsonOut(JobPage {
+        Ok(JsonOut(JobPageOut {
             items: page.items.into_iter().map(JobOut::from).collect(),
             next_cursor: page.next.map(encode_cursor),
         }))

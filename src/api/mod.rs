@@ -28,7 +28,6 @@ use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::telemetry::http::{HttpMetrics, RouteTemplates};
 
-/// OpenAPI tags.
 #[derive(Tags)]
 pub enum ApiTags {
     /// Trigger automation actions and follow their jobs.
@@ -40,13 +39,11 @@ pub enum ApiTags {
 /// What the handlers share.
 #[derive(Clone)]
 pub struct State {
-    /// The job store.
     pub store: Store,
     /// The executor (for cancels).
     pub executor: Arc<Executor>,
     /// The actions that exist.
     pub catalog: crate::executor::ActionCatalog,
-    /// Metrics.
     pub metrics: Arc<Metrics>,
     /// False once shutdown begins: readiness fails first.
     pub accepting: Arc<AtomicBool>,

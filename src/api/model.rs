@@ -56,8 +56,8 @@ pub const ACTION_NAMES: &str = "{action_names}";
 
 /// A request to run an action.
 #[derive(Object, Debug, Clone)]
-#[oai(example)]
-pub struct CreateJobRequest {
+#[oai(rename = "CreateJobRequest", example)]
+pub struct CreateJobIn {
     /// The action: one of {action_names} (others get 422).
     #[oai(validator(min_length = 1, max_length = 64))]
     pub action: String,
@@ -74,7 +74,7 @@ pub struct CreateJobRequest {
     pub parameters: Option<BTreeMap<String, Value>>,
 }
 
-impl super::strict::Fields for CreateJobRequest {
+impl super::strict::Fields for CreateJobIn {
     const FIELDS: &'static [(&'static str, super::strict::Kind)] = &[
         ("action", super::strict::Kind::String),
         ("target", super::strict::Kind::String),
@@ -83,8 +83,8 @@ impl super::strict::Fields for CreateJobRequest {
     ];
 }
 
-fn create_example() -> CreateJobRequest {
-    CreateJobRequest {
+fn create_example() -> CreateJobIn {
+    CreateJobIn {
         action: "restart_service".into(),
         target: "demo-api".into(),
         requested_by: "student@example.com".into(),
@@ -94,16 +94,16 @@ fn create_example() -> CreateJobRequest {
 
 /// The answer to an accepted job.
 #[derive(Object, Debug, Clone)]
-#[oai(example)]
-pub struct JobAccepted {
+#[oai(rename = "JobAccepted", example)]
+pub struct JobAcceptedOut {
     /// The job's id (a time-ordered UUID v7).
     pub job_id: Uuid,
     /// `PENDING` for a new job; the current status when an `Idempotency-Key` replays an earlier one.
     pub status: JobStatusOut,
 }
 
-fn accepted_example() -> JobAccepted {
-    JobAccepted { job_id: example_id(), status: JobStatusOut::Pending }
+fn accepted_example() -> JobAcceptedOut {
+    JobAcceptedOut { job_id: example_id(), status: JobStatusOut::Pending }
 }
 
 fn example_id() -> Uuid {
@@ -157,6 +157,7 @@ pub struct JobOut {
 
 /// A run in another system.
 #[derive(Object, Serialize, Debug, Clone, PartialEq)]
+#[oai(rename = "External")]
 pub struct ExternalOut {
     /// `awx`, `jenkins`, `github_actions` or `kubernetes`.
     pub system: String,
@@ -168,6 +169,7 @@ pub struct ExternalOut {
 
 /// One action of the catalog.
 #[derive(Object, Serialize, Debug, Clone)]
+#[oai(rename = "Action")]
 pub struct ActionOut {
     /// The name to send as `action`.
     pub name: String,
@@ -191,6 +193,7 @@ pub struct ActionOut {
 
 /// A per-target limit.
 #[derive(Object, Serialize, Debug, Clone)]
+#[oai(rename = "Concurrency")]
 pub struct ConcurrencyOut {
     /// RUNNING jobs allowed per target; others wait PENDING.
     pub per_target: u32,
@@ -198,6 +201,7 @@ pub struct ConcurrencyOut {
 
 /// How an action's jobs are run.
 #[derive(Object, Serialize, Debug, Clone)]
+#[oai(rename = "Policy")]
 pub struct PolicyOut {
     /// Longest one attempt may run, in milliseconds.
     pub timeout_ms: u64,
@@ -212,7 +216,8 @@ pub struct PolicyOut {
 
 /// The catalog.
 #[derive(Object, Serialize, Debug, Clone)]
-pub struct ActionList {
+#[oai(rename = "ActionList")]
+pub struct ActionListOut {
     /// Every action the caller may see, in catalog order.
     pub actions: Vec<ActionOut>,
 }
@@ -313,7 +318,8 @@ impl From<Job> for JobOut {
 
 /// A page of jobs, newest first.
 #[derive(Object, Serialize, Debug, Clone)]
-pub struct JobPage {
+#[oai(rename = "JobPage")]
+pub struct JobPageOut {
     /// The jobs.
     pub items: Vec<JobOut>,
     /// Pass as `cursor` to get the next page; null on the last page.
@@ -323,14 +329,16 @@ pub struct JobPage {
 
 /// Liveness.
 #[derive(Object, Debug, Clone)]
-pub struct Health {
+#[oai(rename = "Health")]
+pub struct HealthOut {
     /// Always `ok`.
     pub status: String,
 }
 
 /// Readiness.
 #[derive(Object, Debug, Clone)]
-pub struct Readiness {
+#[oai(rename = "Readiness")]
+pub struct ReadinessOut {
     /// `ready`, or `not_ready`.
     pub status: String,
     /// Why the service is not ready, when it is not.
@@ -340,13 +348,13 @@ pub struct Readiness {
     pub auth: String,
 }
 
-impl poem_openapi::types::Example for CreateJobRequest {
+impl poem_openapi::types::Example for CreateJobIn {
     fn example() -> Self {
         create_example()
     }
 }
 
-impl poem_openapi::types::Example for JobAccepted {
+impl poem_openapi::types::Example for JobAcceptedOut {
     fn example() -> Self {
         accepted_example()
     }
@@ -384,8 +392,8 @@ mod tests {
             parameters: json!({"nested": {"list": [1, 2.5, null, true]}}),
             ..job_example()
         };
-        let page = JobPage { items: vec![done.clone(), pending.clone()], next_cursor: Some("abc".into()) };
-        let last = JobPage { items: vec![], next_cursor: None };
+        let page = JobPageOut { items: vec![done.clone(), pending.clone()], next_cursor: Some("abc".into()) };
+        let last = JobPageOut { items: vec![], next_cursor: None };
 
         for job in [&done, &pending] {
             assert_eq!(serde_json::to_value(job).unwrap(), job.to_json().unwrap());

@@ -113,8 +113,12 @@ pub(super) async fn recovery_loop(ctx: Arc<Ctx>, every: Duration, stop: Cancella
 /// The lost-job policy: `fail` marks the job FAILED ("worker lost"); `retry` puts it back to
 /// PENDING while attempts remain. A requested cancel wins over both.
 pub(super) async fn recover(ctx: &Ctx, all_running: bool) -> Result<(), store::Error> {
+    // Jobs resumed by this pass stay RUNNING, so a later round of an `all_running` pass would
+    // see them again.
+    let mut resumed = std::collections::HashSet::new();
     loop {
         let lost = ctx.store.expired_leases(all_running, MAX_COMPLETE).await?;
+        let lost: Vec<_> = lost.into_iter().filter(|l| !resumed.contains(&l.id)).collect();
         if lost.is_empty() {
             return Ok(());
         }
@@ -123,6 +127,7 @@ pub(super) async fn recover(ctx: &Ctx, all_running: bool) -> Result<(), store::E
         let n_resumable = resumable.len();
         for l in resumable {
             resume(ctx, &l, all_running).await?;
+            resumed.insert(l.id);
         }
         let batch: Vec<Finished> = lost
             .iter()

@@ -61,7 +61,6 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Lease length.
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_secs)
     }

@@ -160,7 +160,12 @@ async fn run_attempt(ctx: &Ctx, job: ClaimedJob, lease_from: Instant, claimed_at
             }
             None
         }
-        Ended::Left => None,
+        Ended::Left => {
+            // Our heartbeat would otherwise keep extending a lease nobody follows: give it up so
+            // whoever recovers the job (this process included) resumes the run.
+            release_until_done(ctx, &job);
+            None
+        }
     };
     if let Some(outcome) = outcome {
         let finished = Finished {
@@ -178,6 +183,21 @@ async fn run_attempt(ctx: &Ctx, job: ClaimedJob, lease_from: Instant, claimed_at
         running.remove(&job.id);
     }
     ctx.metrics.attempt_ended();
+}
+
+/// Releases this attempt's lease in the background, retrying while the database is away (the
+/// fence makes a late release harmless: it touches only this attempt of this owner).
+fn release_until_done(ctx: &Ctx, job: &ClaimedJob) {
+    let (store, owner, id, attempt) = (ctx.store.clone(), ctx.owner, job.id, job.attempt);
+    tokio::spawn(async move {
+        for _ in 0..600 {
+            match store.release_lease(owner, id, attempt).await {
+                Ok(()) => return,
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
+        tracing::error!(job_id = %id, "could not release the lease of a job left for resumption");
+    });
 }
 
 /// How an attempt ended, before its result is written.

@@ -176,9 +176,7 @@ impl FromStr for JobStatus {
 /// A job as stored. Times are microseconds since the Unix epoch (UTC).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
-    /// Identifier.
     pub id: JobId,
-    /// What to run.
     pub action: Action,
     /// What to run it against.
     pub target: String,
@@ -186,7 +184,6 @@ pub struct Job {
     pub requested_by: String,
     /// Free-form parameters for the runner.
     pub parameters: Value,
-    /// Current status.
     pub status: JobStatus,
     /// Attempts started so far.
     pub attempts: i32,
@@ -238,11 +235,9 @@ pub struct JobEvent {
 /// A validated request for a new job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewJob {
-    /// What to run.
     pub action: Action,
     /// What to run it against.
     pub target: String,
-    /// Who asked.
     pub requested_by: String,
     /// Parameters, always a JSON object.
     pub parameters: Value,

@@ -321,7 +321,6 @@ impl Store {
         self.inner.closed.store(true, Ordering::SeqCst);
     }
 
-    /// Closes the pools.
     pub async fn close(&self) {
         self.inner.readers.stop().await;
         let _ = self.inner.write.clone().close().await;

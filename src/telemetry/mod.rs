@@ -58,10 +58,24 @@ fn otlp_tracer(endpoint: &url::Url) -> Result<opentelemetry_sdk::trace::SdkTrace
         .build())
 }
 
+/// The filter, with kube-rs's request logger silenced unless the filter names kube itself: it
+/// logs every error answer at ERROR, without a job id, including the ones the kubernetes runner
+/// retries and reports in its own lines.
+fn log_directives(filter: &str) -> String {
+    if filter.contains("kube") {
+        filter.to_owned()
+    } else if filter.trim().is_empty() {
+        "kube_client::client::builder=off".to_owned()
+    } else {
+        format!("{filter},kube_client::client::builder=off")
+    }
+}
+
 /// Installs the global subscriber: JSON lines on stdout, and Loki when configured. Loki gets
 /// only low-cardinality labels (app, env, level); job ids travel as fields.
 pub fn init_logs(config: &Settings) -> Result<TelemetryGuard, LogError> {
-    let filter = EnvFilter::try_new(&config.log).map_err(|e| LogError::Filter(e.to_string()))?;
+    let directives = log_directives(&config.log);
+    let filter = EnvFilter::try_new(&directives).map_err(|e| LogError::Filter(e.to_string()))?;
     let fmt = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
@@ -96,7 +110,7 @@ pub fn init_logs(config: &Settings) -> Result<TelemetryGuard, LogError> {
     // A second init (tests build several apps in one process) keeps the first subscriber.
     // Each sink has its own filter: the log lines follow RUST_LOG, while the trace exporter takes
     // this crate's spans (emitted at DEBUG, so without an exporter they cost nothing per request).
-    let loki_filter = EnvFilter::try_new(&config.log).map_err(|e| LogError::Filter(e.to_string()))?;
+    let loki_filter = EnvFilter::try_new(&directives).map_err(|e| LogError::Filter(e.to_string()))?;
     let spans = Targets::new().with_target("automation_gateway", Level::DEBUG);
     let _ = tracing_subscriber::registry()
         .with(fmt.with_filter(filter))

@@ -84,11 +84,12 @@ impl Jenkins {
         remote::read_secret(&self.token_file).await
     }
 
+    /// A URL Jenkins gave, resolved against the request it answered (RFC 3986): `/jenkins/queue/...`
+    /// under a context path stays `/jenkins/queue/...`.
     fn absolute(&self, location: &str) -> String {
-        if location.starts_with("http://") || location.starts_with("https://") {
-            location.to_owned()
-        } else {
-            format!("{}/{}", self.base, location.trim_start_matches('/'))
+        match url::Url::parse(&format!("{}/", self.base)).and_then(|b| b.join(location)) {
+            Ok(u) => u.to_string(),
+            Err(_) => location.to_owned(),
         }
     }
 
@@ -129,12 +130,13 @@ impl Jenkins {
 
     /// Follows the queue item until it becomes a build (`Some(build url, number)`).
     async fn await_build(&self, item: u64, url: &str) -> Result<(String, u64), RunError> {
+        // A cancelled item ends the attempt (an ordinary failure), not the polling's retries.
         follow("jenkins", self.poll, || async {
             let token = self.token().await?;
             let req = self.http.get(format!("{url}api/json")).basic_auth(&self.user, Some(&token));
             let (_, _, body) = call("jenkins queue item", req, &[200]).await?;
             if body.get("cancelled").and_then(Value::as_bool) == Some(true) {
-                return Err(RunError::retryable(format!("jenkins queue item {item} was cancelled")));
+                return Ok(Some(Err(RunError::retryable(format!("jenkins queue item {item} was cancelled")))));
             }
             let exe = body.get("executable").filter(|e| !e.is_null());
             Ok(exe.and_then(|e| {
@@ -144,10 +146,10 @@ impl Jenkins {
                 if !u.ends_with('/') {
                     u.push('/');
                 }
-                Some((u, number))
+                Some(Ok((u, number)))
             }))
         })
-        .await
+        .await?
     }
 
     async fn await_result(&self, url: &str) -> Result<String, RunError> {

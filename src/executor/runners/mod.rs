@@ -33,7 +33,6 @@ pub struct RunRequest {
     pub job_id: JobId,
     pub action: Action,
     pub target: String,
-    /// Who asked.
     pub requested_by: String,
     /// The job's parameters (a JSON object).
     pub parameters: Value,

@@ -49,7 +49,6 @@ impl fmt::Display for SimDuration {
     }
 }
 
-/// Simulates actions.
 #[derive(Debug, Clone)]
 pub struct SimulatedRunner {
     duration: SimDuration,
