@@ -126,8 +126,12 @@ def test_per_target_one_on_sqlite(gateways, endpoint):
 
 
 def test_per_target_one_across_two_postgres_replicas(gateways, pg_db, endpoint):
-    a = start_with_actions(gateways, "conc-a", catalog(endpoint, 1), database_url=pg_db.url)
-    b = start_with_actions(gateways, "conc-b", catalog(endpoint, 1), database_url=pg_db.url)
+    # One worker each: a replica runs one job at a time, so with three targets free the other
+    # replica must take some (otherwise one fast replica may claim everything and the
+    # cross-replica limit would go untested).
+    one = {"GATEWAY_WORKERS": "1"}
+    a = start_with_actions(gateways, "conc-a", catalog(endpoint, 1), database_url=pg_db.url, env=one)
+    b = start_with_actions(gateways, "conc-b", catalog(endpoint, 1), database_url=pg_db.url, env=one)
     plan = ["t1"] * 20 + ["t2"] * 4 + ["t3"] * 4
     jobs = post_all([a, b], plan)
     errors = check_run(endpoint, a, jobs, {"t1": 1, "t2": 1, "t3": 1}, within=60)
