@@ -12,10 +12,13 @@ use crate::config::Config;
 use crate::executor::Executor;
 use crate::executor::runners::SimulatedRunner;
 use crate::executor::{ActionCatalog, CatalogError};
+use crate::live::EventHub;
+use crate::live::webhooks::Webhooks;
 use crate::server;
 use crate::store::{self, Store};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::SetupError;
+use tokio_util::sync::CancellationToken;
 
 /// Start-up failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +38,12 @@ pub enum AppError {
     /// The actions catalog is inconsistent.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    /// The webhook settings are unusable.
+    #[error(transparent)]
+    Webhooks(#[from] crate::live::webhooks::SetupError),
+    /// An action's default `callback_url` is not allowed by the webhook settings.
+    #[error("action '{action}': callback_url: {reason}")]
+    Callback { action: String, reason: String },
 }
 
 /// A built application, ready to serve.
@@ -46,6 +55,8 @@ pub struct App {
     catalog: ActionCatalog,
     accepting: Arc<AtomicBool>,
     auth: Authenticator,
+    hub: EventHub,
+    webhooks: Webhooks,
 }
 
 impl App {
@@ -94,12 +105,34 @@ impl App {
                 Authenticator::open()
             }
         };
+        let webhooks = Webhooks::from_settings(&config.live)?;
+        for entry in catalog.entries() {
+            if let Some(url) = &entry.callback_url {
+                webhooks
+                    .check_url(url)
+                    .map_err(|reason| AppError::Callback { action: entry.action.to_string(), reason })?;
+            }
+        }
         let store = Store::connect(&config.store).await?;
         store.migrate().await?;
         let metrics = Arc::new(Metrics::new(&catalog.actions())?);
         let executor =
             Arc::new(Executor::start(store.clone(), metrics.clone(), catalog.clone(), &config.executor).await?);
-        Ok(Self { config, store, metrics, executor, catalog, accepting: Arc::new(AtomicBool::new(true)), auth })
+        // Other replicas' events are found by polling the log (PostgreSQL); on SQLite this
+        // process writes every event and wakes the hub itself.
+        let poll = config.store.database_url.is_postgres().then(|| Duration::from_millis(config.live.event_poll_ms));
+        let hub = EventHub::start(store.clone(), config.live.sse_buffer as usize, poll).await?;
+        Ok(Self {
+            config,
+            store,
+            metrics,
+            executor,
+            catalog,
+            accepting: Arc::new(AtomicBool::new(true)),
+            auth,
+            hub,
+            webhooks,
+        })
     }
 
     /// Serves on `listener` until `shutdown` resolves, then shuts down in order: readiness
@@ -123,7 +156,27 @@ impl App {
             failures: Arc::new(RateLimiter::new(api::auth::FAILURES_PER_SEC, api::auth::FAILURES_BURST)),
             failure_log: Arc::new(crate::auth::LogBudget::new(10)),
             metrics_require_token: self.config.http.metrics_require_token,
+            hub: self.hub.clone(),
+            webhooks: self.webhooks.clone(),
+            heartbeat: self.config.live.heartbeat(),
+            max_wait: Duration::from_secs(self.config.http.request_timeout_secs)
+                .saturating_sub(Duration::from_secs(1))
+                .clamp(Duration::from_secs(1), Duration::from_secs(60)),
         };
+        let deliveries = CancellationToken::new();
+        let deliverer = self.webhooks.enabled().then(|| {
+            let render: crate::live::webhooks::Render = Arc::new(|job: &crate::jobs::Job| {
+                serde_json::to_value(api::model::JobOut::from(job.clone())).unwrap_or_default()
+            });
+            tokio::spawn(crate::live::webhooks::deliver_loop(
+                self.webhooks.clone(),
+                self.store.clone(),
+                self.metrics.clone(),
+                render,
+                uuid::Uuid::now_v7(),
+                deliveries.clone(),
+            ))
+        });
         let routes = api::routes(
             state,
             self.config.http.max_body_bytes as usize,
@@ -133,6 +186,7 @@ impl App {
         let accepting = self.accepting.clone();
         let store = self.store.clone();
         let delay = Duration::from_millis(self.config.http.shutdown_delay_ms);
+        let hub = self.hub.clone();
         let signal = async move {
             shutdown.await;
             tracing::info!(delay_ms = delay.as_millis() as u64, "shutdown requested: readiness now fails");
@@ -140,6 +194,8 @@ impl App {
             // Keep serving while load balancers notice the failing readiness.
             tokio::time::sleep(delay).await;
             tracing::info!("no longer accepting connections or new jobs; draining");
+            // Open event streams end here (clients resume elsewhere with Last-Event-ID).
+            hub.stop();
             store.close_for_writes();
         };
         let limits = server::Limits {
@@ -150,6 +206,15 @@ impl App {
         server::serve(listener, routes, limits, self.metrics.clone(), signal).await;
         reload.abort();
         self.executor.shutdown().await;
+        // Tries in flight finish; what is left stays in the outbox for any replica.
+        deliveries.cancel();
+        if let Some(d) = deliverer {
+            match d.await {
+                Ok(Err(e)) => tracing::error!(error = %e, "webhook deliveries stopped"),
+                Err(e) => tracing::error!(error = %e, "webhook deliverer failed"),
+                Ok(Ok(())) => {}
+            }
+        }
         self.store.close().await;
         self.metrics.shutdown();
         tracing::info!("stopped");

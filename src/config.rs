@@ -36,6 +36,14 @@ pub enum Command {
         /// The YAML actions file.
         file: std::path::PathBuf,
     },
+    /// A client of a running gateway: submit, wait for, list, cancel and follow jobs. Exit
+    /// codes: 0 SUCCESS, 1 FAILED, 2 CANCELED, 3 timeout, 4 usage, 5 HTTP or auth error.
+    Jobs {
+        #[command(flatten)]
+        client: crate::cli::ClientArgs,
+        #[command(subcommand)]
+        command: crate::cli::JobsCommand,
+    },
 }
 
 /// Every setting of the service, by area.
@@ -50,6 +58,9 @@ pub struct Config {
     /// Running jobs.
     #[command(flatten, next_help_heading = "Jobs")]
     pub executor: executor::Settings,
+    /// Event streams and completion webhooks.
+    #[command(flatten, next_help_heading = "Event streams and webhooks")]
+    pub live: crate::live::Settings,
     /// Logs and traces.
     #[command(flatten, next_help_heading = "Telemetry")]
     pub telemetry: telemetry::Settings,
@@ -81,6 +92,19 @@ pub const KNOWN_ENV: &[&str] = &[
     "GATEWAY_RATE_LIMIT_BURST",
     "GATEWAY_REQUEST_TIMEOUT_SECS",
     "GATEWAY_HEADER_TIMEOUT_SECS",
+    "GATEWAY_SSE_HEARTBEAT_MS",
+    "GATEWAY_SSE_BUFFER",
+    "GATEWAY_EVENT_POLL_MS",
+    "GATEWAY_WEBHOOK_SECRET_FILE",
+    "GATEWAY_WEBHOOK_ALLOWED_HOSTS",
+    "GATEWAY_WEBHOOK_ALLOW_PRIVATE",
+    "GATEWAY_WEBHOOK_RETRY_BASE_MS",
+    "GATEWAY_WEBHOOK_GIVE_UP_AFTER_S",
+    "GATEWAY_WEBHOOK_TIMEOUT_MS",
+    // Read by the `jobs` client subcommands, not by the server.
+    "GATEWAY_URL",
+    "GATEWAY_TOKEN",
+    "GATEWAY_TOKEN_FILE",
     "LOKI_URL",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "GATEWAY_ENV",
@@ -146,8 +170,16 @@ mod tests {
     #[test]
     fn every_setting_reads_a_known_variable() {
         let cmd = Cli::command();
-        let envs: Vec<String> =
-            cmd.get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned()).collect();
+        let mut envs: Vec<String> = cmd
+            .get_arguments()
+            .chain(cmd.get_subcommands().flat_map(|c| c.get_arguments()))
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect();
+        // GATEWAY_TOKEN is read by the client directly (never a flag: it would show in `ps`).
+        envs.push("GATEWAY_TOKEN".into());
+        envs.sort();
+        envs.dedup();
         for env in &envs {
             assert!(KNOWN_ENV.contains(&env.as_str()), "{env} is read but not in KNOWN_ENV");
         }

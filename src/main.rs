@@ -11,7 +11,10 @@ async fn main() -> ExitCode {
     // Two TLS stacks' crypto providers are linked (the runners' and the OTLP exporter's
     // clients); naming one keeps rustls from refusing to pick.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let config = cli.config;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Openapi => {
@@ -24,8 +27,21 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::CheckActions { file } => check_actions(&file),
+        Command::Jobs { client, command } => automation_gateway::cli::run(client, command).await,
         Command::Migrate => report(migrate(&config).await),
         Command::Serve => report(serve(config).await),
+    }
+}
+
+/// A command line clap refused: help and version print and succeed; a mistake in a `jobs`
+/// command exits 4 (its documented usage code), elsewhere clap's own code.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let _ = e.print();
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+        _ if std::env::args().nth(1).as_deref() == Some("jobs") => ExitCode::from(automation_gateway::cli::exit::USAGE),
+        _ => ExitCode::from(e.exit_code().clamp(0, 255) as u8),
     }
 }
 

@@ -209,8 +209,9 @@ async fn connection(
         let req = poem::Request::from((req, local_addr.clone(), remote_addr.clone(), poem::http::uri::Scheme::HTTP));
         async move {
             let resp = hyper::Response::from(endpoint.get_response(req).await);
-            drop(guard);
-            Ok::<_, std::convert::Infallible>(resp)
+            // The request stays in flight until its body is sent: a streamed answer (SSE) is a
+            // request being answered, not an idle connection.
+            Ok::<_, std::convert::Infallible>(resp.map(|body| GuardedBody { body, _guard: guard }))
         }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -252,5 +253,31 @@ async fn connection(
                 drop_at = Some(Instant::now() + CLOSE_GRACE);
             }
         }
+    }
+}
+
+/// A response body that keeps its request counted in flight until hyper drops it.
+struct GuardedBody<B> {
+    body: B,
+    _guard: InFlight,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for GuardedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }

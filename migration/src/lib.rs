@@ -8,6 +8,7 @@ mod m20261123_000001_create_jobs;
 mod m20261123_000002_audit;
 mod m20261203_000003_maintenance;
 mod m20261203_000004_external;
+mod m20261203_000005_live;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000002_audit::Migration),
             Box::new(m20261203_000003_maintenance::Migration),
             Box::new(m20261203_000004_external::Migration),
+            Box::new(m20261203_000005_live::Migration),
         ]
     }
 }

@@ -69,15 +69,26 @@ pub(super) async fn create_job(
         p
     };
     let action = state.catalog.resolve(&req.action).map_err(|e| refused(e.into()))?;
-    let job = NewJob::parse(action, &req.target, &req.requested_by, req.parameters.map(|m| m.into_iter().collect()))
-        .map_err(|e| refused(e.into()))?
-        .submitted_by(&identity.name);
+    let mut job =
+        NewJob::parse(action, &req.target, &req.requested_by, req.parameters.map(|m| m.into_iter().collect()))
+            .map_err(|e| refused(e.into()))?
+            .submitted_by(&identity.name);
     state.require(identity, Need::Create(action), "jobs.create", request_id).map_err(refused)?;
     // The action's own rules (target allowlist, parameters schema, what its templates need),
     // checked after the right so a caller without it learns none of them.
     if let Some(entry) = state.catalog.get(action) {
         entry.admit(&job.target, &job.parameters).map_err(|e| refused(e.into()))?;
     }
+    // The job's own callback, or its action's default (checked at start-up already).
+    job.callback_url = match req.callback_url {
+        Some(url) => Some(
+            state
+                .webhooks
+                .check_url(&url)
+                .map_err(|reason| refused(crate::jobs::Error::Validation { field: "callback_url", reason }.into()))?,
+        ),
+        None => state.catalog.get(action).and_then(|e| e.callback_url.clone()),
+    };
     let out = state.store.enqueue(job, key, Some(request_id.to_owned())).await.map_err(|e| refused(e.into()))?;
     let id = out.id.to_string();
     let audit = AuditEvent {

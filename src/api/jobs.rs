@@ -24,6 +24,8 @@ use crate::store::JobFilter;
 
 /// How long a cancel waits for a running job to stop before answering.
 const CANCEL_WAIT: Duration = Duration::from_secs(5);
+/// Longest long-poll `wait`.
+const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// The `/v1/jobs` operations.
 pub struct JobsApi;
@@ -55,9 +57,9 @@ problem_responses! {
 }
 
 problem_responses! {
-    /// Errors of `GET /v1/jobs/{job_id}` and `GET /v1/jobs/{job_id}/events`.
+    /// Errors of `GET /v1/jobs/{job_id}` and the other reads of one job.
     GetError {
-        400 BadRequest => "The id is not a UUID.",
+        400 BadRequest => "The id is not a UUID, or `wait` is not a duration up to 60 s.",
         401 Unauthorized ["WWW-Authenticate": String = BEARER.into()] => "No bearer token, or an unknown one (authentication is on).",
         403 Forbidden => "The token may not read jobs.",
         404 NotFound => "No job with that id.",
@@ -201,14 +203,48 @@ impl JobsApi {
         request_id: ReqId,
         /// The job's id.
         job_id: Path<Uuid>,
+        /// Long-poll: answer as soon as the job is SUCCESS, FAILED or CANCELED, or when this
+        /// much time has passed (then with the job as it is). `500ms`, `30s`, `1m` or plain
+        /// seconds; at most 60 s (and less than the request timeout).
+        #[oai(validator(max_length = 16))]
+        wait: Query<Option<String>>,
     ) -> Result<JsonOut<JobOut>, GetError> {
         state.require(identity.0, Need::Read, "jobs.get", &request_id.to_string()).map_err(GetError::from)?;
-        Ok(JsonOut(visible_job(&state, identity.0, JobId(job_id.0)).await.map_err(GetError::from)?.into()))
+        let id = JobId(job_id.0);
+        let wait = match wait.0.as_deref() {
+            None => None,
+            Some(w) => match super::live::parse_wait(w) {
+                Some(d) if d <= MAX_WAIT => Some(d.min(state.max_wait)),
+                _ => return Err(Problem::bad_request("wait", "a duration up to 60s: 500ms, 30s, 1m or seconds").into()),
+            },
+        };
+        let job = visible_job(&state, identity.0, id).await.map_err(GetError::from)?;
+        let Some(wait) = wait.filter(|_| !job.status.is_terminal()) else { return Ok(JsonOut(job.into())) };
+        // Follows the job's events from the start of its log, so a terminal event written since
+        // the read above is seen at once.
+        let filter = crate::live::StreamFilter {
+            events: crate::store::EventFilter { job: Some(id), ..Default::default() },
+            status: None,
+            until_terminal: true,
+        };
+        let mut rx = crate::live::follow(&state.hub, Some(0), filter);
+        let _ = tokio::time::timeout(wait, async {
+            while let Some(e) = rx.recv().await {
+                if e.kind.is_terminal() {
+                    break;
+                }
+            }
+        })
+        .await;
+        Ok(JsonOut(visible_job(&state, identity.0, id).await.map_err(GetError::from)?.into()))
     }
 
-    /// A job's audit trail
+    /// A job's events
     ///
-    /// Who created the job and who asked to cancel it, oldest first.
+    /// Every transition of the job, oldest first: created, each attempt claimed (and by which
+    /// replica), remote runs recorded, failed attempts and scheduled retries, lost and recovered
+    /// leases, cancel requests, and the terminal `finished` or `canceled`. The same events
+    /// `/stream` sends live.
     #[oai(path = "/jobs/:job_id/events", method = "get", operation_id = "jobs.events")]
     async fn events(
         &self,
@@ -222,8 +258,8 @@ impl JobsApi {
         state.require(identity.0, Need::Read, "jobs.events", &request_id.to_string()).map_err(GetError::from)?;
         let id = JobId(job_id.0);
         visible_job(&state, identity.0, id).await.map_err(GetError::from)?;
-        let events = state.store.events(id).await.map_err(problem::<GetError>)?;
-        Ok(Json(events.into_iter().map(JobEventOut::from).collect()))
+        let events = state.store.events(id, 0).await.map_err(problem::<GetError>)?;
+        Ok(Json(events.iter().map(JobEventOut::from).collect()))
     }
 
     /// List jobs

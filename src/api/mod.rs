@@ -8,12 +8,14 @@ mod commands;
 pub mod health;
 pub mod jobs;
 pub mod json;
+pub mod live;
 pub mod model;
 pub mod problem;
 pub mod request_id;
 mod responses;
 mod settings;
 pub mod strict;
+mod ui;
 pub use settings::Settings;
 
 use std::sync::atomic::AtomicBool;
@@ -57,11 +59,19 @@ pub struct State {
     pub failure_log: Arc<crate::auth::LogBudget>,
     /// Whether `/metrics` needs a token too.
     pub metrics_require_token: bool,
+    /// The event fan-out that streams and long-polls follow.
+    pub hub: crate::live::EventHub,
+    /// Callback URL checks.
+    pub webhooks: crate::live::webhooks::Webhooks,
+    /// Heartbeat period of event streams.
+    pub heartbeat: std::time::Duration,
+    /// Longest long-poll (below the request timeout, which would cut it).
+    pub max_wait: std::time::Duration,
 }
 
-fn service() -> OpenApiService<(jobs::JobsApi, actions::ActionsApi, health::HealthApi), ()> {
+fn service() -> OpenApiService<(jobs::JobsApi, live::LiveApi, actions::ActionsApi, health::HealthApi), ()> {
     OpenApiService::new(
-        (jobs::JobsApi, actions::ActionsApi, health::HealthApi),
+        (jobs::JobsApi, live::LiveApi, actions::ActionsApi, health::HealthApi),
         "automation-gateway",
         env!("CARGO_PKG_VERSION"),
     )
@@ -93,6 +103,7 @@ pub fn routes(state: State, max_body_bytes: usize, request_timeout: std::time::D
     Route::new()
         .nest("/", svc)
         .nest("/docs", LazyDocs(OnceLock::new()))
+        .nest("/ui", ui::Console)
         .at("/openapi.json", get(openapi_json).data(Arc::new(spec)))
         .at("/metrics", get(metrics_text))
         .data(state.clone())
@@ -110,7 +121,7 @@ fn route_templates(spec: &serde_json::Value) -> RouteTemplates {
     let documented = spec["paths"].as_object().map(|p| p.keys().map(String::as_str).collect::<Vec<_>>());
     let mut templates = documented.unwrap_or_default();
     templates.extend(["/metrics", "/openapi.json"]);
-    RouteTemplates::new(templates, &["/docs"])
+    RouteTemplates::new(templates, &["/docs", "/ui"])
 }
 
 /// Swagger UI, built on its first request: its page embeds about 1.5 MB of JavaScript that

@@ -72,6 +72,10 @@ pub struct CreateJobIn {
     /// keys, integers within 64 bits). The simulated runner honours
     /// `simulate: {"duration_ms": N, "fail": true|false}`.
     pub parameters: Option<BTreeMap<String, Value>>,
+    /// Where to POST the job (signed, Standard Webhooks) when it ends: an http(s) URL on one of
+    /// the gateway's allowed webhook hosts. Defaults to the action's `callback_url`, if any.
+    #[oai(validator(max_length = 2048))]
+    pub callback_url: Option<String>,
 }
 
 impl super::strict::Fields for CreateJobIn {
@@ -80,6 +84,7 @@ impl super::strict::Fields for CreateJobIn {
         ("target", super::strict::Kind::String),
         ("requested_by", super::strict::Kind::String),
         ("parameters", super::strict::Kind::Object),
+        ("callback_url", super::strict::Kind::String),
     ];
 }
 
@@ -89,6 +94,7 @@ fn create_example() -> CreateJobIn {
         target: "demo-api".into(),
         requested_by: "student@example.com".into(),
         parameters: Some(BTreeMap::from([("service".to_owned(), json!("demo-api"))])),
+        callback_url: None,
     }
 }
 
@@ -153,6 +159,9 @@ pub struct JobOut {
     /// run, a rollout), recorded as soon as the backend answered; null otherwise.
     #[oai(nullable)]
     pub external: Option<ExternalOut>,
+    /// Where the job is POSTed when it ends; see `GET /v1/jobs/{job_id}/deliveries`.
+    #[oai(nullable)]
+    pub callback_url: Option<String>,
 }
 
 /// A run in another system.
@@ -245,24 +254,113 @@ impl From<&crate::executor::ActionEntry> for ActionOut {
     }
 }
 
-/// One audit record of a job.
-#[derive(Object, Debug, Clone)]
+/// One event of a job's log: a transition, who made it, and the job's status after it.
+#[derive(Object, Serialize, Debug, Clone)]
 pub struct JobEventOut {
+    /// Its position in the event log: increases in the order events happened, across all jobs
+    /// (not contiguous). Resume a stream after it with `Last-Event-ID`.
+    pub id: i64,
+    pub job_id: Uuid,
     /// When (RFC 3339, UTC).
     pub at: String,
-    /// `created`, `canceled` or `cancel_requested`.
+    /// `created`, `claimed`, `external_recorded`, `attempt_failed`, `retry_scheduled`,
+    /// `lease_lost`, `lease_recovered`, `cancel_requested`, `canceled` (terminal) or `finished`
+    /// (terminal).
     pub event: String,
-    /// The identity that did it.
+    /// The job's status right after this event.
+    pub status: JobStatusOut,
+    pub action: String,
+    pub target: String,
+    /// The identity that made it, or `gateway` for the service's own transitions.
     pub actor: String,
-    /// The `x-request-id` of the request that did it.
+    /// The `x-request-id` of the request that made it.
     #[oai(nullable)]
     pub request_id: Option<String>,
+    /// The event's fields: `attempt`, `replica`, `error`, `run_at`, `status`, `duration_ms`,
+    /// `system`/`id`/`url` of a remote run, as the kind has them.
+    pub detail: Value,
 }
 
-impl From<crate::jobs::JobEvent> for JobEventOut {
-    fn from(e: crate::jobs::JobEvent) -> Self {
-        Self { at: rfc3339(e.at), event: e.event, actor: e.actor, request_id: e.request_id }
+impl From<&crate::jobs::JobEvent> for JobEventOut {
+    fn from(e: &crate::jobs::JobEvent) -> Self {
+        Self {
+            id: e.id,
+            job_id: e.job_id.0,
+            at: rfc3339(e.at),
+            event: e.kind.as_str().to_owned(),
+            status: e.status().into(),
+            action: e.action.as_str().to_owned(),
+            target: e.target.clone(),
+            actor: e.actor.clone(),
+            request_id: e.request_id.clone(),
+            detail: e.detail.clone(),
+        }
     }
+}
+
+/// A job's completion webhook: where it goes, how it stands, every try.
+#[derive(Object, Serialize, Debug, Clone)]
+#[oai(rename = "Deliveries")]
+pub struct DeliveriesOut {
+    /// Where the job is POSTed when it ends; null without a callback.
+    #[oai(nullable)]
+    pub callback_url: Option<String>,
+    /// `pending`, `delivered` or `failed` (given up); null until the job has ended (or without a
+    /// callback).
+    #[oai(nullable)]
+    pub state: Option<String>,
+    /// When the next try is due, while pending.
+    #[oai(nullable)]
+    pub next_attempt_at: Option<String>,
+    /// Every try, oldest first.
+    pub attempts: Vec<DeliveryTryOut>,
+}
+
+/// One delivery try.
+#[derive(Object, Serialize, Debug, Clone)]
+#[oai(rename = "DeliveryTry")]
+pub struct DeliveryTryOut {
+    pub attempt: i32,
+    /// When it was made (RFC 3339, UTC).
+    pub at: String,
+    /// The receiver's HTTP status; null when it did not answer.
+    #[oai(nullable)]
+    pub status_code: Option<i32>,
+    pub latency_ms: i64,
+    /// Why it failed; null on success.
+    #[oai(nullable)]
+    pub error: Option<String>,
+}
+
+impl From<crate::store::WebhookLog> for DeliveriesOut {
+    fn from(l: crate::store::WebhookLog) -> Self {
+        Self {
+            callback_url: l.url,
+            state: l.state,
+            next_attempt_at: l.next_at.map(rfc3339),
+            attempts: l
+                .tries
+                .into_iter()
+                .map(|t| DeliveryTryOut {
+                    attempt: t.attempt,
+                    at: rfc3339(t.at),
+                    status_code: t.status_code,
+                    latency_ms: t.latency_ms,
+                    error: t.error,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Job counts for people: the queue and each action's jobs by status.
+#[derive(Object, Serialize, Debug, Clone)]
+#[oai(rename = "Stats")]
+pub struct StatsOut {
+    /// Jobs in PENDING (of the actions the token may read).
+    pub queue_depth: i64,
+    /// For each action the token may read: its jobs by status (every status present).
+    pub by_action: BTreeMap<String, BTreeMap<String, i64>>,
 }
 
 fn job_example() -> JobOut {
@@ -284,15 +382,11 @@ fn job_example() -> JobOut {
         cancel_requested: false,
         submitted_by: Some("ci-bot".into()),
         external: None,
+        callback_url: None,
     }
 }
 
-/// RFC 3339 in UTC with microseconds.
-pub fn rfc3339(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-        .unwrap_or_default()
-}
+pub use crate::jobs::rfc3339;
 
 impl From<Job> for JobOut {
     fn from(j: Job) -> Self {
@@ -312,6 +406,7 @@ impl From<Job> for JobOut {
             cancel_requested: j.cancel_requested,
             submitted_by: j.submitted_by,
             external: j.external.map(|e| ExternalOut { system: e.system, id: e.id, url: e.url }),
+            callback_url: j.callback_url,
         }
     }
 }

@@ -141,7 +141,7 @@ pub(super) async fn recover(ctx: &Ctx, all_running: bool) -> Result<(), store::E
                 };
                 tracing::warn!(job_id = %l.id, action = %l.action, target = %l.target, attempt = l.attempt, "recovering job from an expired lease");
                 ctx.metrics.lease_lost(l.action);
-                Finished { completion: Completion { id: l.id, attempt: l.attempt, outcome }, action: l.action, target: l.target.clone(), started_at: l.started_at.unwrap_or(now) }
+                Finished { completion: Completion { id: l.id, attempt: l.attempt, outcome, lost: Some(ctx.owner) }, action: l.action, target: l.target.clone(), started_at: l.started_at.unwrap_or(now) }
             })
             .collect();
         let n = batch.len() + n_resumable;

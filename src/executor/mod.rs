@@ -48,7 +48,7 @@ use uuid::Uuid;
 use crate::jobs::{Action, JobId, JobStatus};
 use crate::store::{self, Completion, Store};
 use crate::telemetry::Metrics;
-pub use catalog::{ActionCatalog, ActionEntry, CatalogError, Checked, check_file};
+pub use catalog::{ActionCatalog, ActionEntry, CatalogError, Checked, check_file, glob_match};
 
 /// How often a cancel waiting for a job running on another replica looks at the store.
 const CANCEL_FALLBACK_POLL: Duration = Duration::from_millis(100);

@@ -169,7 +169,7 @@ async fn run_attempt(ctx: &Ctx, job: ClaimedJob, lease_from: Instant, claimed_at
     };
     if let Some(outcome) = outcome {
         let finished = Finished {
-            completion: Completion { id: job.id, attempt: job.attempt, outcome },
+            completion: Completion { id: job.id, attempt: job.attempt, outcome, lost: None },
             action: job.action,
             target: job.target.clone(),
             started_at: job.started_at,

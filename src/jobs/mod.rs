@@ -7,6 +7,9 @@ use std::str::FromStr;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+mod event;
+pub use event::{EventKind, JobEvent, NewEvent};
+
 /// Longest accepted `target`, in characters.
 pub const MAX_TARGET_LEN: usize = 253;
 /// Longest accepted `requested_by`, in characters.
@@ -203,6 +206,8 @@ pub struct Job {
     pub submitted_by: Option<String>,
     /// The remote run a runner launched for it, once the backend answered the launch.
     pub external: Option<External>,
+    /// Where the job is POSTed when it ends.
+    pub callback_url: Option<String>,
 }
 
 /// A run launched in another system (an AWX job, a Jenkins build, a workflow run, a rollout):
@@ -217,19 +222,11 @@ pub struct External {
     pub url: String,
 }
 
-/// One audit record of a job: who did what to it, when.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobEvent {
-    /// When (µs since the epoch).
-    pub at: i64,
-    /// What: `created`, `canceled` or `cancel_requested`.
-    pub event: String,
-    /// Who: the identity.
-    pub actor: String,
-    /// The HTTP request it came from.
-    pub request_id: Option<String>,
-    /// Anything else worth keeping.
-    pub detail: Option<String>,
+/// A time in µs since the epoch as RFC 3339 in UTC with microseconds (how the API writes times).
+pub fn rfc3339(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .unwrap_or_default()
 }
 
 /// A validated request for a new job.
@@ -243,6 +240,8 @@ pub struct NewJob {
     pub parameters: Value,
     /// The authenticated identity that submits it (the API token's name, or `anonymous`).
     pub submitted_by: String,
+    /// Where to POST the job when it ends (checked against the allowed hosts by the caller).
+    pub callback_url: Option<String>,
 }
 
 impl NewJob {
@@ -293,6 +292,7 @@ impl NewJob {
             requested_by: requested_by.to_owned(),
             parameters,
             submitted_by: "anonymous".to_owned(),
+            callback_url: None,
         })
     }
 
@@ -313,6 +313,10 @@ impl NewJob {
         }
         // serde_json's Map is a BTreeMap here, so the encoding is canonical.
         h.update(self.parameters.to_string().as_bytes());
+        if let Some(url) = &self.callback_url {
+            h.update([0u8]);
+            h.update(url.as_bytes());
+        }
         hex::encode(h.finalize())
     }
 }

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::rows::{self, JOB_COLUMNS, get};
 use super::{Backend, Error, JOBS_CHANNEL, Store, exec, now_us, values_in_chunks};
-use crate::jobs::{Action, Job, JobEvent, JobId, JobStatus, NewJob};
+use crate::jobs::{Action, EventKind, Job, JobId, JobStatus, NewEvent, NewJob};
 
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -143,20 +143,27 @@ impl Store {
         for _ in 0..3 {
             let now = now_us();
             let txn = self.inner.write.begin().await?;
-            let done = exec(
-                &txn,
-                self.stmt(
+            let canceled = txn
+                .query_one_raw(self.stmt(
                     &format!(
-                        "UPDATE jobs SET status = {canceled}, finished_at = $1, error = 'canceled by request' WHERE id = $2 AND status = {pending}",
+                        "UPDATE jobs SET status = {canceled}, finished_at = $1, error = 'canceled by request' WHERE id = $2 AND status = {pending} \
+                         RETURNING attempts, started_at, callback_url",
                         canceled = rows::sql(JobStatus::Canceled),
                         pending = rows::sql(JobStatus::Pending)
                     ),
                     vec![now.into(), id.0.into()],
-                ),
-            )
-            .await?;
-            let outcome = if done == 1 {
-                Some(JobStatus::Canceled)
+                ))
+                .await?;
+            let mut callback = None;
+            let (outcome, detail) = if let Some(row) = canceled {
+                callback = get::<Option<String>>(&row, "callback_url")?;
+                let attempts: i32 = get(&row, "attempts")?;
+                let started: Option<i64> = get(&row, "started_at")?;
+                let detail = serde_json::json!({
+                    "attempt": (attempts > 0).then_some(attempts),
+                    "duration_ms": started.map(|s| (now - s) / 1000),
+                });
+                (Some(JobStatus::Canceled), detail)
             } else {
                 let marked = exec(
                     &txn,
@@ -169,7 +176,7 @@ impl Store {
                     ),
                 )
                 .await?;
-                (marked == 1).then_some(JobStatus::Running)
+                ((marked == 1).then_some(JobStatus::Running), serde_json::Value::Null)
             };
             let Some(outcome) = outcome else {
                 txn.rollback().await?;
@@ -179,20 +186,18 @@ impl Store {
                 }
                 continue;
             };
-            let event = if outcome == JobStatus::Canceled { "canceled" } else { "cancel_requested" };
-            exec(
-                &txn,
-                self.stmt(
-                    "INSERT INTO job_events (job_id, at, event, actor, request_id) VALUES ($1, $2, $3, $4, $5)",
-                    vec![id.0.into(), now.into(), event.into(), actor.into(), request_id.clone().into()],
-                ),
-            )
-            .await?;
+            if let Some(url) = callback {
+                super::webhooks::enqueue(&txn, self.inner.backend, now, vec![(id, url)]).await?;
+            }
             if outcome == JobStatus::Running && self.inner.backend == Backend::Postgres {
                 let note = format!("SELECT pg_notify('{}', $1)", super::CANCEL_CHANNEL);
                 txn.execute_raw(self.stmt(&note, vec![id.to_string().into()])).await?;
             }
+            let kind = if outcome == JobStatus::Canceled { EventKind::Canceled } else { EventKind::CancelRequested };
+            let event = NewEvent { job_id: id, kind, actor: actor.to_owned(), request_id: request_id.clone(), detail };
+            super::events::insert(&txn, self.inner.backend, now, vec![event]).await?;
             txn.commit().await?;
+            self.note_events_written();
             if outcome == JobStatus::Canceled {
                 self.add_pending_estimate(-1);
             }
@@ -201,17 +206,21 @@ impl Store {
         Err(Error::Conflict("job changed state during cancel; try again".into()))
     }
 
-    /// The audit events of a job, oldest first.
-    pub async fn events(&self, id: JobId) -> Result<Vec<JobEvent>, Error> {
+    /// How many stored jobs each action has in each status.
+    pub async fn counts(&self) -> Result<Vec<(Action, JobStatus, i64)>, Error> {
         let rows = self
             .inner
             .read
-            .query_all_raw(self.stmt(
-                "SELECT at, event, actor, request_id, detail FROM job_events WHERE job_id = $1 ORDER BY id",
-                vec![id.0.into()],
-            ))
+            .query_all_raw(self.stmt("SELECT action, status, COUNT(*) AS n FROM jobs GROUP BY action, status", vec![]))
             .await?;
-        rows.iter().map(rows::event).collect()
+        rows.iter()
+            .map(|r| {
+                let action: String = get(r, "action")?;
+                let action =
+                    Action::new(&action).map_err(|_| Error::Corrupt(format!("malformed action name '{action}'")))?;
+                Ok((action, rows::status(r)?, get(r, "n")?))
+            })
+            .collect()
     }
 
     async fn get_from_writer(&self, id: JobId) -> Result<JobStatus, Error> {
@@ -315,6 +324,7 @@ async fn insert_batch(store: &Store, requests: &[EnqueueRequest]) -> Result<Vec<
             req.key.clone().into(),
             fingerprint.into(),
             req.job.submitted_by.clone().into(),
+            req.job.callback_url.clone().into(),
         ]);
         ids.push(id);
     }
@@ -322,8 +332,8 @@ async fn insert_batch(store: &Store, requests: &[EnqueueRequest]) -> Result<Vec<
         &txn,
         inner.backend,
         "INSERT INTO jobs (id, action, target, requested_by, parameters, status, attempts, created_at, run_at, \
-         cancel_requested, idempotency_key, request_fingerprint, submitted_by)",
-        &format!("(#,#,#,#,#,{},0,#,#,FALSE,#,#,#)", rows::sql(JobStatus::Pending)),
+         cancel_requested, idempotency_key, request_fingerprint, submitted_by, callback_url)",
+        &format!("(#,#,#,#,#,{},0,#,#,FALSE,#,#,#,#)", rows::sql(JobStatus::Pending)),
         "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
         rows,
     )
@@ -362,29 +372,29 @@ async fn insert_batch(store: &Store, requests: &[EnqueueRequest]) -> Result<Vec<
             );
         }
     }
-    // The audit row of each new job, in the same transaction.
-    let events: Vec<Vec<Value>> = requests
-        .iter()
-        .zip(&ids)
-        .filter(|(_, id)| inserted.contains(&id.0))
-        .map(|(req, id)| {
-            vec![id.0.into(), now.into(), req.job.submitted_by.clone().into(), req.request_id.clone().into()]
-        })
-        .collect();
-    values_in_chunks(
-        &txn,
-        inner.backend,
-        "INSERT INTO job_events (job_id, at, event, actor, request_id)",
-        "(#,#,'created',#,#)",
-        "",
-        events,
-    )
-    .await?;
     if !inserted.is_empty() && inner.backend == Backend::Postgres {
         // One NOTIFY per batch, delivered at commit: NOTIFY serialises commits, so never per job.
         txn.execute_unprepared(&format!("NOTIFY {JOBS_CHANNEL}")).await?;
     }
+    // The `created` event of each new job, in the same transaction (last: see `events::insert`).
+    let events: Vec<NewEvent> = requests
+        .iter()
+        .zip(&ids)
+        .filter(|(_, id)| inserted.contains(&id.0))
+        .map(|(req, id)| NewEvent {
+            job_id: *id,
+            kind: EventKind::Created,
+            actor: req.job.submitted_by.clone(),
+            request_id: req.request_id.clone(),
+            detail: serde_json::Value::Null,
+        })
+        .collect();
+    let wrote_events = !events.is_empty();
+    super::events::insert(&txn, inner.backend, now, events).await?;
     txn.commit().await?;
+    if wrote_events {
+        store.note_events_written();
+    }
 
     let results = requests
         .iter()

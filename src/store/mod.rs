@@ -5,11 +5,13 @@
 //! wake-ups travel by LISTEN/NOTIFY. Policy (retries, timeouts) belongs to the executor.
 
 mod error;
+mod events;
 mod jobs;
 mod queue;
 mod reads;
 mod rows;
 mod settings;
+mod webhooks;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -21,9 +23,11 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, State
 use tokio::sync::{Notify, mpsc};
 
 pub use error::Error;
+pub use events::EventFilter;
 pub use jobs::{Enqueued, JobFilter, Page};
 pub use queue::{ClaimedJob, Completion, Held, LostJob, Outcome, QueueStats};
 pub use settings::{DatabaseUrl, Settings};
+pub use webhooks::{DueWebhook, NextTry, WebhookLog, WebhookTry};
 
 /// Channel PostgreSQL replicas are woken on when jobs are enqueued.
 pub const JOBS_CHANNEL: &str = "automation_gateway_jobs";
@@ -62,6 +66,10 @@ struct Inner {
     readers: reads::Readers,
     /// Signalled after every committed enqueue batch: the in-process wake-up of the dispatcher.
     enqueued: Arc<Notify>,
+    /// Signalled after every commit that wrote events: the event hub's wake-up.
+    events_written: Arc<Notify>,
+    /// Signalled after a commit that added a due webhook delivery: the deliverer's wake-up.
+    webhooks_due: Arc<Notify>,
     /// Estimate of PENDING jobs, refreshed from the database by `queue_stats` and kept current
     /// by this process's enqueues and claims; used only for the `max_pending` check.
     pending_estimate: AtomicI64,
@@ -171,6 +179,8 @@ impl Store {
                 enqueue_tx,
                 readers,
                 enqueued: Arc::new(Notify::new()),
+                events_written: Arc::new(Notify::new()),
+                webhooks_due: Arc::new(Notify::new()),
                 pending_estimate: AtomicI64::new(0),
                 max_pending: config.max_pending,
                 closed: AtomicBool::new(false),

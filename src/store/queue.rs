@@ -39,7 +39,8 @@ fn capped_targets(per_target: &[(Action, u32)]) -> String {
          WHERE w.rn + (SELECT COUNT(*) FROM jobs r WHERE r.status = {running} AND r.action = w.action AND r.target = w.target) <= w.cap))"
     )
 }
-use crate::jobs::{Action, JobId, JobStatus};
+use crate::jobs::{Action, EventKind, JobId, JobStatus, NewEvent};
+use serde_json::json;
 
 /// A job handed to a worker, with the lease this process now holds on it.
 #[derive(Debug, Clone)]
@@ -90,6 +91,8 @@ pub struct Completion {
     /// The attempt that finished (fencing token).
     pub attempt: i32,
     pub outcome: Outcome,
+    /// The attempt's lease expired and this process (the id) settles it: a `lease_lost` event.
+    pub lost: Option<Uuid>,
 }
 
 /// A job whose lease expired: its worker died or hung.
@@ -155,29 +158,44 @@ impl Store {
              RETURNING {CLAIMED_COLUMNS}"
         );
         let values = vec![owner.into(), (now + lease_us).into(), now.into(), (limit as i64).into()];
-        let rows = if per_target.is_empty() {
-            self.inner.write.query_all_raw(self.stmt(&sql, values)).await.map_err(Error::from)
-        } else {
-            self.claim_serialized(&sql, values).await
-        };
+        let rows = self.claim_with_events(&sql, values, !per_target.is_empty(), owner, now).await;
         self.note_write_failure(&rows);
-        let rows = rows?;
-        let jobs = rows.iter().map(|r| rows::claimed(r, now)).collect::<Result<Vec<_>, _>>()?;
+        let jobs = rows?;
         self.add_pending_estimate(-(jobs.len() as i64));
         Ok(jobs)
     }
 
-    /// A claim that counts the RUNNING jobs of a target, under a lock every replica's claim
-    /// takes: two replicas counting at once would each see the free slot and both take it.
-    /// (SQLite has one writer, which serializes claims already.)
-    async fn claim_serialized(&self, sql: &str, values: Vec<Value>) -> Result<Vec<sea_orm::QueryResult>, Error> {
+    /// The claim and its `claimed` events, in one transaction. With per-target limits the claim
+    /// counts the RUNNING jobs of a target under a lock every replica's claim takes: two replicas
+    /// counting at once would each see the free slot and both take it. (SQLite has one writer,
+    /// which serializes claims already.)
+    async fn claim_with_events(
+        &self,
+        sql: &str,
+        values: Vec<Value>,
+        serialize: bool,
+        owner: Uuid,
+        now: i64,
+    ) -> Result<Vec<ClaimedJob>, Error> {
         let txn = self.inner.write.begin().await?;
-        if self.inner.backend == Backend::Postgres {
+        if serialize && self.inner.backend == Backend::Postgres {
             txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({CLAIM_LOCK_KEY})")).await?;
         }
         let rows = txn.query_all_raw(self.stmt(sql, values)).await?;
+        let jobs = rows.iter().map(|r| rows::claimed(r, now)).collect::<Result<Vec<_>, _>>()?;
+        if jobs.is_empty() {
+            txn.rollback().await?;
+            return Ok(jobs);
+        }
+        let replica = owner.to_string();
+        let events = jobs
+            .iter()
+            .map(|j| NewEvent::by_gateway(j.id, EventKind::Claimed, json!({"attempt": j.attempt, "replica": replica})))
+            .collect();
+        super::events::insert(&txn, self.inner.backend, now, events).await?;
         txn.commit().await?;
-        Ok(rows)
+        self.note_events_written();
+        Ok(jobs)
     }
 
     /// Takes over the lease of a RUNNING job whose remote run is recorded (its lease expired, or
@@ -201,15 +219,28 @@ impl Store {
              RETURNING {CLAIMED_COLUMNS}",
             running = rows::sql(JobStatus::Running)
         );
-        let row =
-            self.inner
-                .write
-                .query_one_raw(self.stmt(
+        let txn = self.inner.write.begin().await?;
+        let row = txn
+            .query_one_raw(
+                self.stmt(
                     &sql,
                     vec![owner.into(), (now + lease_us).into(), id.0.into(), attempt.into(), cutoff.into()],
-                ))
-                .await?;
-        row.map(|r| rows::claimed(&r, now)).transpose()
+                ),
+            )
+            .await?;
+        let Some(job) = row.map(|r| rows::claimed(&r, now)).transpose()? else {
+            txn.rollback().await?;
+            return Ok(None);
+        };
+        let replica = owner.to_string();
+        let events = vec![
+            NewEvent::by_gateway(id, EventKind::LeaseLost, json!({"attempt": attempt, "recovered_by": replica})),
+            NewEvent::by_gateway(id, EventKind::LeaseRecovered, json!({"attempt": job.attempt, "replica": replica})),
+        ];
+        super::events::insert(&txn, self.inner.backend, now, events).await?;
+        txn.commit().await?;
+        self.note_events_written();
+        Ok(Some(job))
     }
 
     /// Records the remote run an attempt launched, before the runner follows it. False when the
@@ -225,10 +256,31 @@ impl Store {
             "UPDATE jobs SET external = $1 WHERE id = $2 AND attempts = $3 AND status = {running}",
             running = rows::sql(JobStatus::Running)
         );
-        let done = self.inner.write.execute_raw(self.stmt(&sql, vec![text.into(), id.0.into(), attempt.into()])).await;
-        let done = done.map_err(Error::from);
+        let done = self.write_external(&sql, text, id, attempt, external).await;
         self.note_write_failure(&done);
-        Ok(done?.rows_affected() == 1)
+        done
+    }
+
+    async fn write_external(
+        &self,
+        sql: &str,
+        text: String,
+        id: JobId,
+        attempt: i32,
+        external: &crate::jobs::External,
+    ) -> Result<bool, Error> {
+        let txn = self.inner.write.begin().await?;
+        let n = txn.execute_raw(self.stmt(sql, vec![text.into(), id.0.into(), attempt.into()])).await?.rows_affected();
+        if n != 1 {
+            txn.rollback().await?;
+            return Ok(false);
+        }
+        let detail = json!({"attempt": attempt, "system": external.system, "id": external.id, "url": external.url});
+        let event = NewEvent::by_gateway(id, EventKind::ExternalRecorded, detail);
+        super::events::insert(&txn, self.inner.backend, now_us(), vec![event]).await?;
+        txn.commit().await?;
+        self.note_events_written();
+        Ok(true)
     }
 
     /// Gives up this process's lease on a job whose remote run goes on (shutdown): any process
@@ -330,21 +382,44 @@ impl Store {
             row,
             &format!(
                 ") AS v WHERE jobs.id = v.column1 AND jobs.attempts = v.column2 AND jobs.status = {running} \
-             RETURNING jobs.id AS id, jobs.status AS status"
+             RETURNING jobs.id AS id, jobs.status AS status, jobs.started_at AS started_at, jobs.callback_url AS callback_url"
             ),
             rows,
         )
         .await?;
         let mut by_id = std::collections::HashMap::with_capacity(written.len());
+        let mut callbacks = Vec::new();
+        let mut events = Vec::with_capacity(written.len() * 2);
+        let index: std::collections::HashMap<JobId, &Completion> = batch.iter().map(|c| (c.id, c)).collect();
         for r in &written {
-            by_id.insert(rows::id(r)?, rows::status(r)?);
+            let (id, status) = (rows::id(r)?, rows::status(r)?);
+            by_id.insert(id, status);
+            if let Some(c) = index.get(&id) {
+                let started: Option<i64> = get(r, "started_at")?;
+                finish_events(c, status, started.map(|s| (now - s) / 1000), &mut events);
+            }
+            if status.is_terminal()
+                && let Some(url) = get::<Option<String>>(r, "callback_url")?
+            {
+                callbacks.push((id, url));
+            }
         }
         let requeued = by_id.values().filter(|s| **s == JobStatus::Pending).count() as i64;
         if requeued > 0 && self.inner.backend == Backend::Postgres {
             txn.execute_unprepared(&format!("NOTIFY {}", super::JOBS_CHANNEL)).await?;
         }
+        let outbox = !callbacks.is_empty();
+        super::webhooks::enqueue(&txn, self.inner.backend, now, callbacks).await?;
+        let wrote_events = !events.is_empty();
+        super::events::insert(&txn, self.inner.backend, now, events).await?;
         txn.commit().await?;
         self.add_pending_estimate(requeued);
+        if wrote_events {
+            self.note_events_written();
+        }
+        if outbox {
+            self.note_webhooks_due();
+        }
         Ok(batch.iter().map(|c| by_id.get(&c.id).copied()).collect())
     }
 
@@ -418,8 +493,10 @@ impl Store {
         if n > 0 {
             let backend = self.inner.backend;
             let row = if backend == Backend::Postgres { "(#::uuid)" } else { "(#)" };
-            super::values_in_chunks(&txn, backend, "DELETE FROM job_events WHERE job_id IN (", row, ")", ids.clone())
-                .await?;
+            for table in ["job_events", "webhook_attempts", "webhook_outbox"] {
+                let prefix = format!("DELETE FROM {table} WHERE job_id IN (");
+                super::values_in_chunks(&txn, backend, &prefix, row, ")", ids.clone()).await?;
+            }
             super::values_in_chunks(&txn, backend, "DELETE FROM jobs WHERE id IN (", row, ")", ids).await?;
         }
         let result = txn.commit().await.map_err(Error::from);
@@ -445,5 +522,53 @@ impl Store {
     pub async fn ping(&self) -> Result<(), Error> {
         self.inner.read.query_one_raw(self.stmt("SELECT 1 AS one", vec![])).await?;
         Ok(())
+    }
+}
+
+/// The events of a written completion: `status` is the job's status now, `duration_ms` since its
+/// first attempt started.
+fn finish_events(c: &Completion, status: JobStatus, duration_ms: Option<i64>, out: &mut Vec<NewEvent>) {
+    let (id, attempt) = (c.id, c.attempt);
+    if let Some(by) = c.lost {
+        out.push(NewEvent::by_gateway(
+            id,
+            EventKind::LeaseLost,
+            json!({"attempt": attempt, "recovered_by": by.to_string()}),
+        ));
+    }
+    let canceled =
+        || NewEvent::by_gateway(id, EventKind::Canceled, json!({"attempt": attempt, "duration_ms": duration_ms}));
+    match &c.outcome {
+        Outcome::Success(_) => out.push(NewEvent::by_gateway(
+            id,
+            EventKind::Finished,
+            json!({"attempt": attempt, "status": "SUCCESS", "duration_ms": duration_ms, "error": null}),
+        )),
+        Outcome::Failed(e) => out.push(NewEvent::by_gateway(
+            id,
+            EventKind::Finished,
+            json!({"attempt": attempt, "status": "FAILED", "duration_ms": duration_ms, "error": e}),
+        )),
+        Outcome::Canceled => out.push(canceled()),
+        Outcome::Retry { error, run_at } => {
+            if c.lost.is_none() {
+                out.push(NewEvent::by_gateway(
+                    id,
+                    EventKind::AttemptFailed,
+                    json!({"attempt": attempt, "error": error}),
+                ));
+            }
+            if status == JobStatus::Canceled {
+                out.push(canceled());
+            } else {
+                let at = chrono::DateTime::from_timestamp_micros(*run_at)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+                out.push(NewEvent::by_gateway(
+                    id,
+                    EventKind::RetryScheduled,
+                    json!({"attempt": attempt, "run_at": at}),
+                ));
+            }
+        }
     }
 }

@@ -8,10 +8,10 @@ use uuid::Uuid;
 
 use super::Error;
 use super::queue::{ClaimedJob, Held, LostJob};
-use crate::jobs::{Action, External, Job, JobEvent, JobId, JobStatus};
+use crate::jobs::{Action, External, Job, JobId, JobStatus};
 
 /// Columns read back into a `Job`.
-pub(super) const JOB_COLUMNS: &str = "id, action, target, requested_by, parameters, status, attempts, error, result, created_at, started_at, finished_at, cancel_requested, submitted_by, external";
+pub(super) const JOB_COLUMNS: &str = "id, action, target, requested_by, parameters, status, attempts, error, result, created_at, started_at, finished_at, cancel_requested, submitted_by, external, callback_url";
 
 /// A status as an SQL literal, for statements (the one place statuses are spelled in SQL; a test
 /// checks each against the domain's name). Literals, not parameters: the partial indexes
@@ -78,6 +78,7 @@ pub(super) fn job(row: &QueryResult) -> Result<Job, Error> {
         cancel_requested: get(row, "cancel_requested")?,
         submitted_by: get(row, "submitted_by")?,
         external: external(row)?,
+        callback_url: get(row, "callback_url")?,
     })
 }
 
@@ -123,15 +124,4 @@ fn sql_literals_spell_the_domain_names() {
     for s in JobStatus::ALL {
         assert_eq!(sql(s), format!("'{}'", s.as_str()));
     }
-}
-
-/// A row of `job_events`.
-pub(super) fn event(row: &QueryResult) -> Result<JobEvent, Error> {
-    Ok(JobEvent {
-        at: get(row, "at")?,
-        event: get(row, "event")?,
-        actor: get(row, "actor")?,
-        request_id: get(row, "request_id")?,
-        detail: get(row, "detail")?,
-    })
 }

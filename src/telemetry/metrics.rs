@@ -37,6 +37,8 @@ pub const DB_SIZE: &str = "automation_database_size_bytes";
 pub const AUTH_FAILURES: &str = "automation_auth_failures";
 /// Connections closed at once because `GATEWAY_MAX_CONNECTIONS` were open (exposed with `_total`).
 pub const CONNECTIONS_REFUSED: &str = "automation_http_connections_refused";
+/// Completion webhook tries (exported with `_total`).
+pub const WEBHOOK_DELIVERIES: &str = "automation_webhook_deliveries";
 /// HTTP server request duration.
 pub const HTTP_DURATION: &str = "http_server_request_duration_seconds";
 
@@ -63,6 +65,7 @@ pub struct Metrics {
     db_size: Gauge<i64>,
     auth_failures: Counter<u64>,
     connections_refused: Counter<u64>,
+    webhook_deliveries: Counter<u64>,
     http_duration: Histogram<f64>,
 }
 
@@ -167,6 +170,10 @@ impl Metrics {
                 .u64_counter(CONNECTIONS_REFUSED)
                 .with_description("Connections closed on arrival because GATEWAY_MAX_CONNECTIONS were open.")
                 .build(),
+            webhook_deliveries: meter
+                .u64_counter(WEBHOOK_DELIVERIES)
+                .with_description("Completion webhook tries, by outcome: success (2xx), error (retried later), gave_up (last try failed).")
+                .build(),
             http_duration: meter
                 .f64_histogram(HTTP_DURATION)
                 .with_description("HTTP request duration by method, route template and status, in seconds.")
@@ -188,6 +195,9 @@ impl Metrics {
         }
         m.deleted.add(0, &[]);
         m.connections_refused.add(0, &[]);
+        for outcome in ["success", "error", "gave_up"] {
+            m.webhook_deliveries.add(0, &[KeyValue::new("outcome", outcome)]);
+        }
         m.running.add(0, &[]);
         m.queue_depth.record(0, &[]);
         m.oldest_pending.record(0.0, &[]);
@@ -249,6 +259,11 @@ impl Metrics {
     /// A request failed authentication.
     pub fn auth_failed(&self, reason: AuthFailure) {
         self.auth_failures.add(1, &[KeyValue::new("reason", reason.as_str())]);
+    }
+
+    /// A webhook try ended: `success`, `error` (retried later) or `gave_up`.
+    pub fn webhook_delivery(&self, outcome: &'static str) {
+        self.webhook_deliveries.add(1, &[KeyValue::new("outcome", outcome)]);
     }
 
     /// A connection was closed on arrival (connection cap).

@@ -31,7 +31,8 @@ fn invalid_settings_exit_non_zero_with_a_clear_message() {
 #[test]
 fn help_documents_every_setting() {
     let out = Command::new(BIN).arg("--help").output().expect("run");
-    let help = String::from_utf8_lossy(&out.stdout);
+    let client = Command::new(BIN).args(["jobs", "--help"]).output().expect("run");
+    let help = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&client.stdout);
     for var in automation_gateway::config::KNOWN_ENV {
         assert!(help.contains(var), "--help does not mention {var}");
     }

@@ -367,7 +367,7 @@ async fn metrics_equal_the_jobs_finished(backend: Backend) {
     // The business series carry exactly their own labels.
     for s in samples.iter().filter(|s| s.name.starts_with("automation_")) {
         assert!(
-            s.labels.keys().all(|k| k == "action" || k == "status" || k == "le" || k == "reason"),
+            s.labels.keys().all(|k| ["action", "status", "le", "reason", "outcome"].contains(&k.as_str())),
             "extra labels on {s:?}"
         );
     }

@@ -18,7 +18,8 @@ pub const MAX_ACTIONS: usize = 100;
 const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
 /// The keys of an action besides its runner's block.
-const KEYS: [&str; 6] = ["runner", "description", "targets", "parameters_schema", "policy", "concurrency"];
+const KEYS: [&str; 7] =
+    ["runner", "description", "targets", "parameters_schema", "policy", "concurrency", "callback_url"];
 
 /// A file that passed: its entries, and what would only fail later (token files not readable
 /// here, which `check-actions` on another machine may expect).
@@ -153,6 +154,14 @@ fn entry(
         }
         Some(_) => return Err("concurrency: must be a mapping".into()),
     };
+    // Checked against the webhook settings when the service starts (they are not known here).
+    let callback_url = match spec.get("callback_url") {
+        None => None,
+        Some(Value::String(u)) if url::Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) => {
+            Some(u.clone())
+        }
+        Some(_) => return Err("callback_url: must be an http or https URL".into()),
+    };
     let built = runners::build(kind, spec.get(*kind), simulated)?;
     let entry = ActionEntry {
         action,
@@ -164,6 +173,7 @@ fn entry(
         schema,
         per_target,
         needs: built.needs,
+        callback_url,
     };
     Ok((entry, built.secret_files))
 }

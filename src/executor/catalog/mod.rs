@@ -15,7 +15,7 @@ use super::runners::Runner;
 use super::template;
 use crate::jobs::{self, Action};
 
-pub use file::{Checked, check_file};
+pub use file::{Checked, check_file, glob_match};
 
 /// One action: what it is called, what it does, how it is run.
 #[derive(Clone)]
@@ -38,6 +38,8 @@ pub struct ActionEntry {
     /// Parameters the runner's templates name, with where, so a job without them is refused
     /// at POST instead of failing later.
     pub needs: Vec<(Vec<String>, String)>,
+    /// Where its jobs are POSTed when they end, unless a job names its own.
+    pub callback_url: Option<String>,
 }
 
 impl ActionEntry {
@@ -53,6 +55,7 @@ impl ActionEntry {
             schema: None,
             per_target: None,
             needs: Vec::new(),
+            callback_url: None,
         }
     }
 

@@ -1,0 +1,211 @@
+//! Following jobs live: event streams (Server-Sent Events), a job's webhook deliveries, and the
+//! job counts the console shows. Streams are fed by the process's event hub (`crate::live`).
+
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use poem::web::Data;
+use poem::web::sse::Event;
+use poem_openapi::OpenApi;
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::payload::{EventStream, Json};
+use poem_openapi::types::ToJSON;
+use uuid::Uuid;
+
+use super::auth::{Caller, Need};
+use super::jobs::{GetError, ListError, visible_job};
+use super::model::{DeliveriesOut, JobEventOut, JobStatusOut, StatsOut};
+use super::problem::Problem;
+use super::request_id::ReqId;
+use super::{ApiTags, State};
+use crate::auth::Identity;
+use crate::jobs::{JobId, JobStatus};
+use crate::live::StreamFilter;
+use crate::store::EventFilter;
+
+/// The live operations.
+pub struct LiveApi;
+
+type Events = EventStream<BoxStream<'static, JobEventOut>>;
+
+/// An SSE response over a follower's channel: `id` is the log position, `event` the kind.
+fn sse(state: &State, rx: tokio::sync::mpsc::Receiver<std::sync::Arc<crate::jobs::JobEvent>>) -> Events {
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (JobEventOut::from(&*e), rx)) });
+    EventStream::new(stream.boxed())
+        .keep_alive(state.heartbeat)
+        .to_event(|e| Event::message(e.to_json_string()).id(e.id.to_string()).event_type(e.event.clone()))
+}
+
+#[OpenApi(prefix_path = "/v1", tag = "ApiTags::Jobs")]
+impl LiveApi {
+    /// Follow a job
+    ///
+    /// Server-Sent Events: every event of the job so far, then live ones; the response ends
+    /// after the terminal event (`finished` or `canceled`). Each message's `id` is the event's
+    /// log position and its `event` the kind; `data` is the event as `/events` returns it. With
+    /// `Last-Event-ID`, only events after that position. Comment lines are heartbeats.
+    #[oai(path = "/jobs/:job_id/stream", method = "get", operation_id = "jobs.stream")]
+    async fn job_stream(
+        &self,
+        state: Data<&State>,
+        _caller: Caller,
+        identity: Data<&Identity>,
+        request_id: ReqId,
+        /// The job's id.
+        job_id: Path<Uuid>,
+        /// Resume after this event id (what a reconnecting EventSource sends).
+        #[oai(name = "Last-Event-ID")]
+        last_event_id: Header<Option<i64>>,
+    ) -> Result<Events, GetError> {
+        state.require(identity.0, Need::Read, "jobs.stream", &request_id.to_string()).map_err(GetError::from)?;
+        let id = JobId(job_id.0);
+        visible_job(&state, identity.0, id).await.map_err(GetError::from)?;
+        let filter = StreamFilter {
+            events: EventFilter { job: Some(id), ..EventFilter::default() },
+            status: None,
+            until_terminal: true,
+        };
+        Ok(sse(&state, crate::live::follow(&state.hub, Some(last_event_id.0.unwrap_or(0).max(0)), filter)))
+    }
+
+    /// Follow all jobs
+    ///
+    /// Server-Sent Events of every job the token may read, live, optionally filtered. Without
+    /// `Last-Event-ID` it starts with the events made after the connection; with it, every
+    /// stored event after that position comes first (nothing missed, nothing repeated), then
+    /// live ones. A client too slow for the event rate is disconnected and resumes with
+    /// `Last-Event-ID`. Comment lines are heartbeats.
+    #[oai(path = "/events/stream", method = "get", operation_id = "events.stream")]
+    // poem-openapi takes each parameter as its own argument.
+    #[allow(clippy::too_many_arguments)]
+    async fn events_stream(
+        &self,
+        state: Data<&State>,
+        _caller: Caller,
+        identity: Data<&Identity>,
+        request_id: ReqId,
+        /// Only events of this action's jobs.
+        #[oai(validator(max_length = 64))]
+        action: Query<Option<String>>,
+        /// Only events after which the job has this status.
+        status: Query<Option<JobStatusOut>>,
+        /// Only events of jobs on this exact target.
+        #[oai(validator(max_length = 253))]
+        target: Query<Option<String>>,
+        /// Resume after this event id (what a reconnecting EventSource sends).
+        #[oai(name = "Last-Event-ID")]
+        last_event_id: Header<Option<i64>>,
+    ) -> Result<Events, ListError> {
+        let identity = identity.0;
+        state.require(identity, Need::Read, "events.stream", &request_id.to_string()).map_err(ListError::from)?;
+        if target.0.as_deref().is_some_and(|t| t.contains('\0')) {
+            return Err(Problem::bad_request("target", "must not contain U+0000 (NUL)").into());
+        }
+        let action = match action.0.as_deref() {
+            None => None,
+            Some(name) => Some(
+                state
+                    .catalog
+                    .resolve(name)
+                    .map_err(|e| ListError::from(Problem::bad_request("action", e.to_string())))?,
+            ),
+        };
+        let filter = StreamFilter {
+            events: EventFilter { job: None, actions: identity.scope().map(<[_]>::to_vec), action, target: target.0 },
+            status: status.0.map(JobStatus::from),
+            until_terminal: false,
+        };
+        // Without a resume position: live only, from what the hub has published.
+        let after = last_event_id.0.map(|id| id.max(0));
+        Ok(sse(&state, crate::live::follow(&state.hub, after, filter)))
+    }
+
+    /// A job's webhook deliveries
+    ///
+    /// Where the job is POSTed when it ends, whether that is pending, delivered or given up,
+    /// and every try with its time, the receiver's status code, latency and error.
+    #[oai(path = "/jobs/:job_id/deliveries", method = "get", operation_id = "jobs.deliveries")]
+    async fn deliveries(
+        &self,
+        state: Data<&State>,
+        _caller: Caller,
+        identity: Data<&Identity>,
+        request_id: ReqId,
+        /// The job's id.
+        job_id: Path<Uuid>,
+    ) -> Result<Json<DeliveriesOut>, GetError> {
+        state.require(identity.0, Need::Read, "jobs.deliveries", &request_id.to_string()).map_err(GetError::from)?;
+        let id = JobId(job_id.0);
+        visible_job(&state, identity.0, id).await.map_err(GetError::from)?;
+        let log = state.store.webhook_log(id).await.map_err(|e| GetError::from(Problem::from(e)))?;
+        Ok(Json(log.into()))
+    }
+
+    /// Job counts
+    ///
+    /// The PENDING queue and each action's jobs by status, over the actions the token may read.
+    /// Counts every stored job: meant for people (the console), not for tight polling loops
+    /// (the metrics are for that).
+    #[oai(path = "/stats", method = "get", operation_id = "jobs.stats")]
+    async fn stats(
+        &self,
+        state: Data<&State>,
+        _caller: Caller,
+        identity: Data<&Identity>,
+        request_id: ReqId,
+    ) -> Result<Json<StatsOut>, ListError> {
+        let identity = identity.0;
+        state.require(identity, Need::Read, "jobs.stats", &request_id.to_string()).map_err(ListError::from)?;
+        let counts = state.store.counts().await.map_err(|e| ListError::from(Problem::from(e)))?;
+        let mut out = StatsOut { queue_depth: 0, by_action: Default::default() };
+        for entry in state.catalog.entries().iter().filter(|e| identity.in_scope(e.action)) {
+            let zeros = JobStatus::ALL.iter().map(|s| (s.as_str().to_owned(), 0)).collect();
+            out.by_action.insert(entry.action.as_str().to_owned(), zeros);
+        }
+        for (action, status, n) in counts {
+            if !identity.in_scope(action) {
+                continue;
+            }
+            if status == JobStatus::Pending {
+                out.queue_depth += n;
+            }
+            let row = out.by_action.entry(action.as_str().to_owned()).or_default();
+            *row.entry(status.as_str().to_owned()).or_default() += n;
+        }
+        Ok(Json(out))
+    }
+}
+
+/// Parses a long-poll wait: `500ms`, `30s`, `2m`, or plain seconds.
+pub(super) fn parse_wait(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().ok()?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n.checked_mul(1000)?,
+        "m" => n.checked_mul(60_000)?,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_wait;
+    use std::time::Duration;
+
+    #[test]
+    fn waits_parse_with_units() {
+        assert_eq!(parse_wait("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_wait("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_wait("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_wait("10"), Some(Duration::from_secs(10)));
+        for bad in ["", "s", "1h", "-1s", "1.5s", "abc"] {
+            assert_eq!(parse_wait(bad), None, "{bad}");
+        }
+    }
+}

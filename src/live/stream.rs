@@ -1,0 +1,136 @@
+//! One subscriber of the event hub: reads what the log holds after its resume position, then
+//! follows live events, filtered, into a bounded channel that an SSE response (or a long-poll)
+//! drains. A task per subscriber, ended by its client going away, its job's terminal event, a
+//! lag too large for the hub's buffer, or shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+
+use super::hub::{EventHub, Message};
+use crate::jobs::{JobEvent, JobStatus};
+use crate::store::EventFilter;
+
+/// Events read from the log per query while catching up.
+const PAGE: usize = 500;
+/// Events queued for a client before the follower waits for it.
+const QUEUE: usize = 64;
+/// How long a client may leave a full queue unread before it is dropped.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a stream wants.
+#[derive(Debug, Clone, Default)]
+pub struct StreamFilter {
+    pub events: EventFilter,
+    /// Only events after which the job has this status.
+    pub status: Option<JobStatus>,
+    /// End after the first terminal event (a single job's stream).
+    pub until_terminal: bool,
+}
+
+impl StreamFilter {
+    fn matches(&self, e: &JobEvent) -> bool {
+        let f = &self.events;
+        f.job.is_none_or(|j| j == e.job_id)
+            && f.action.is_none_or(|a| a == e.action)
+            && f.actions.as_ref().is_none_or(|s| s.contains(&e.action))
+            && f.target.as_ref().is_none_or(|t| *t == e.target)
+            && self.status.is_none_or(|s| s == e.status())
+    }
+}
+
+/// Starts following the log after position `after` (`None`: only what happens from now on);
+/// events arrive on the returned channel.
+pub fn follow(hub: &EventHub, after: Option<i64>, filter: StreamFilter) -> mpsc::Receiver<Arc<JobEvent>> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let sub = hub.subscribe();
+    let after = after.unwrap_or(sub.upto);
+    tokio::spawn(run(hub.clone(), sub, after, filter, tx));
+    rx
+}
+
+/// Why a follower stops.
+enum End {
+    /// Its client is gone, or its job's stream is complete.
+    Done,
+}
+
+async fn run(
+    hub: EventHub,
+    mut sub: super::hub::Subscription,
+    after: i64,
+    filter: StreamFilter,
+    tx: mpsc::Sender<Arc<JobEvent>>,
+) {
+    let mut sent = after;
+    if catch_up(&hub, &mut sent, sub.upto, &filter, &tx).await.is_err() {
+        return;
+    }
+    loop {
+        let msg = tokio::select! {
+            m = sub.rx.recv() => m,
+            _ = tx.closed() => return,
+            _ = sub.stop.cancelled() => return,
+        };
+        let result = match msg {
+            Ok(Message::Event(e)) if e.id > sent => {
+                sent = e.id;
+                deliver(&filter, e, &tx).await
+            }
+            Ok(Message::Event(_)) => Ok(()),
+            Ok(Message::Jump { to }) => catch_up(&hub, &mut sent, to, &filter, &tx).await,
+            Err(RecvError::Lagged(n)) => {
+                tracing::info!(
+                    behind = n,
+                    resume_after = sent,
+                    "event stream too slow for the live rate; dropped (the client resumes with Last-Event-ID)"
+                );
+                return;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        if result.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends the log's matching events in `(sent, upto]`.
+async fn catch_up(
+    hub: &EventHub,
+    sent: &mut i64,
+    upto: i64,
+    filter: &StreamFilter,
+    tx: &mpsc::Sender<Arc<JobEvent>>,
+) -> Result<(), End> {
+    while *sent < upto {
+        let page = match hub.store().events_between(*sent, upto, &filter.events, PAGE).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the event log for a stream failed; the stream ends (the client resumes)");
+                return Err(End::Done);
+            }
+        };
+        let full = page.len() == PAGE;
+        let last = page.last().map(|e| e.id);
+        for e in page {
+            deliver(filter, Arc::new(e), tx).await?;
+        }
+        *sent = match (full, last) {
+            (true, Some(id)) => id,
+            _ => upto,
+        };
+    }
+    Ok(())
+}
+
+async fn deliver(filter: &StreamFilter, e: Arc<JobEvent>, tx: &mpsc::Sender<Arc<JobEvent>>) -> Result<(), End> {
+    if !filter.matches(&e) {
+        return Ok(());
+    }
+    let terminal = e.kind.is_terminal();
+    tx.send_timeout(e, SEND_TIMEOUT).await.map_err(|_| End::Done)?;
+    if terminal && filter.until_terminal { Err(End::Done) } else { Ok(()) }
+}
