@@ -1,4 +1,5 @@
-//! Live jobs: the completion webhook a job may carry (`jobs.callback_url`), its durable outbox
+//! Live jobs: the completion webhook a job may carry (`jobs.callback_url`), its trace context
+//! (`jobs.traceparent`), the webhook's durable outbox
 //! (one row per job with a callback, written in the transaction that ends the job) and the log of
 //! every delivery try.
 
@@ -11,6 +12,7 @@ pub struct Migration;
 enum Jobs {
     Table,
     CallbackUrl,
+    Traceparent,
 }
 
 #[derive(DeriveIden)]
@@ -46,6 +48,15 @@ impl MigrationTrait for Migration {
                 Table::alter()
                     .table(Jobs::Table)
                     .add_column(ColumnDef::new(Jobs::CallbackUrl).text().null())
+                    .to_owned(),
+            )
+            .await?;
+        // The W3C trace context of the request that created the job: its attempts continue it.
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Jobs::Table)
+                    .add_column(ColumnDef::new(Jobs::Traceparent).string_len(64).null())
                     .to_owned(),
             )
             .await?;
@@ -102,6 +113,7 @@ impl MigrationTrait for Migration {
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager.drop_table(Table::drop().table(WebhookAttempts::Table).to_owned()).await?;
         manager.drop_table(Table::drop().table(WebhookOutbox::Table).to_owned()).await?;
+        manager.alter_table(Table::alter().table(Jobs::Table).drop_column(Jobs::Traceparent).to_owned()).await?;
         manager.alter_table(Table::alter().table(Jobs::Table).drop_column(Jobs::CallbackUrl).to_owned()).await
     }
 }

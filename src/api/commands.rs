@@ -52,6 +52,7 @@ pub(super) async fn create_job(
     request_id: &str,
     req: CreateJobIn,
     key: Option<String>,
+    traceparent: Option<&str>,
 ) -> Result<Enqueued, Problem> {
     // Bounded copies for the audit line: the request is the client's.
     let (action_name, target) =
@@ -89,7 +90,15 @@ pub(super) async fn create_job(
         ),
         None => state.catalog.get(action).and_then(|e| e.callback_url.clone()),
     };
-    let out = state.store.enqueue(job, key, Some(request_id.to_owned())).await.map_err(|e| refused(e.into()))?;
+    // The job keeps the enqueue span's context (or the caller's, when spans are not exported):
+    // its attempts continue that trace.
+    let span = tracing::debug_span!("enqueue", action = %action);
+    job.traceparent = span
+        .in_scope(crate::telemetry::trace::current)
+        .or_else(|| traceparent.and_then(crate::telemetry::trace::valid).map(str::to_owned));
+    let out = tracing::Instrument::instrument(state.store.enqueue(job, key, Some(request_id.to_owned())), span)
+        .await
+        .map_err(|e| refused(e.into()))?;
     let id = out.id.to_string();
     let audit = AuditEvent {
         event: "job.create",

@@ -182,7 +182,8 @@ impl JobsApi {
         _idempotency_key: Header<Option<String>>,
     ) -> Result<CreateResponse, CreateError> {
         let key = idempotency_key(raw).map_err(CreateError::from)?;
-        let out = commands::create_job(&state, identity.0, &request_id.to_string(), body.0, key)
+        let traceparent = raw.headers().get("traceparent").and_then(|v| v.to_str().ok());
+        let out = commands::create_job(&state, identity.0, &request_id.to_string(), body.0, key, traceparent)
             .await
             .map_err(CreateError::from)?;
         let location = format!("/v1/jobs/{}", out.id);

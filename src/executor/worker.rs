@@ -42,6 +42,8 @@ pub(super) async fn run(
     claimed_at: Instant,
 ) {
     let span = tracing::debug_span!("job", job_id = %job.id, action = %job.action, target = %job.target, attempt = job.attempt);
+    // The attempt continues the trace of the request that created the job, on any replica.
+    crate::telemetry::trace::set_parent(&span, job.traceparent.as_deref());
     run_attempt(&ctx, job, lease_from, claimed_at).instrument(span).await;
     drop(permit);
     ctx.capacity.notify_one();

@@ -208,6 +208,8 @@ pub struct Job {
     pub external: Option<External>,
     /// Where the job is POSTed when it ends.
     pub callback_url: Option<String>,
+    /// The W3C trace context of the request that created it.
+    pub traceparent: Option<String>,
 }
 
 /// A run launched in another system (an AWX job, a Jenkins build, a workflow run, a rollout):
@@ -242,6 +244,8 @@ pub struct NewJob {
     pub submitted_by: String,
     /// Where to POST the job when it ends (checked against the allowed hosts by the caller).
     pub callback_url: Option<String>,
+    /// The W3C trace context its attempts continue.
+    pub traceparent: Option<String>,
 }
 
 impl NewJob {
@@ -293,6 +297,7 @@ impl NewJob {
             parameters,
             submitted_by: "anonymous".to_owned(),
             callback_url: None,
+            traceparent: None,
         })
     }
 

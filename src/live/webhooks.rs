@@ -314,7 +314,12 @@ async fn deliver(
     let at = crate::store::now_us();
     let started = Instant::now();
     let outcome = match store.get(d.job_id).await {
-        Ok(job) => post(hooks, client, &d, &job, render).await,
+        Ok(job) => {
+            // The delivery belongs to the job's trace; the receiver gets it as `traceparent`.
+            let span = tracing::debug_span!("webhook", job_id = %d.job_id, attempt);
+            crate::telemetry::trace::set_parent(&span, job.traceparent.as_deref());
+            tracing::Instrument::instrument(post(hooks, client, &d, &job, render), span).await
+        }
         Err(e) => Err((None, format!("reading the job failed: {e}"))),
     };
     let latency_ms = started.elapsed().as_millis() as i64;
@@ -371,8 +376,7 @@ async fn post(
     let body = serde_json::to_vec(&body).map_err(|e| (None, e.to_string()))?;
     let id = message_id(d.job_id);
     let ts = now.timestamp();
-    let response = client
-        .post(&d.url)
+    let response = crate::telemetry::trace::traced(client.post(&d.url))
         .header("content-type", "application/json")
         .header("webhook-id", &id)
         .header("webhook-timestamp", ts.to_string())

@@ -325,6 +325,7 @@ async fn insert_batch(store: &Store, requests: &[EnqueueRequest]) -> Result<Vec<
             fingerprint.into(),
             req.job.submitted_by.clone().into(),
             req.job.callback_url.clone().into(),
+            req.job.traceparent.clone().into(),
         ]);
         ids.push(id);
     }
@@ -332,8 +333,8 @@ async fn insert_batch(store: &Store, requests: &[EnqueueRequest]) -> Result<Vec<
         &txn,
         inner.backend,
         "INSERT INTO jobs (id, action, target, requested_by, parameters, status, attempts, created_at, run_at, \
-         cancel_requested, idempotency_key, request_fingerprint, submitted_by, callback_url)",
-        &format!("(#,#,#,#,#,{},0,#,#,FALSE,#,#,#,#)", rows::sql(JobStatus::Pending)),
+         cancel_requested, idempotency_key, request_fingerprint, submitted_by, callback_url, traceparent)",
+        &format!("(#,#,#,#,#,{},0,#,#,FALSE,#,#,#,#,#)", rows::sql(JobStatus::Pending)),
         "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
         rows,
     )

@@ -13,8 +13,7 @@ use super::rows::{self, get};
 use super::{Backend, Error, Store, now_us};
 
 /// What a claim returns.
-const CLAIMED_COLUMNS: &str =
-    "id, action, target, parameters, attempts, created_at, started_at, requested_by, external, cancel_requested";
+const CLAIMED_COLUMNS: &str = "id, action, target, parameters, attempts, created_at, started_at, requested_by, external, cancel_requested, traceparent";
 
 /// The advisory lock claims take while some action limits its jobs per target (PostgreSQL).
 const CLAIM_LOCK_KEY: i64 = 0x0061_6763_6c61_696d; // "agclaim"
@@ -63,6 +62,8 @@ pub struct ClaimedJob {
     pub external: Option<crate::jobs::External>,
     /// A cancel was requested (a resumed job may carry one).
     pub cancel_requested: bool,
+    /// The trace the attempt continues.
+    pub traceparent: Option<String>,
 }
 
 /// How an attempt ended, as the executor decided.

@@ -11,7 +11,7 @@ use super::queue::{ClaimedJob, Held, LostJob};
 use crate::jobs::{Action, External, Job, JobId, JobStatus};
 
 /// Columns read back into a `Job`.
-pub(super) const JOB_COLUMNS: &str = "id, action, target, requested_by, parameters, status, attempts, error, result, created_at, started_at, finished_at, cancel_requested, submitted_by, external, callback_url";
+pub(super) const JOB_COLUMNS: &str = "id, action, target, requested_by, parameters, status, attempts, error, result, created_at, started_at, finished_at, cancel_requested, submitted_by, external, callback_url, traceparent";
 
 /// A status as an SQL literal, for statements (the one place statuses are spelled in SQL; a test
 /// checks each against the domain's name). Literals, not parameters: the partial indexes
@@ -79,6 +79,7 @@ pub(super) fn job(row: &QueryResult) -> Result<Job, Error> {
         submitted_by: get(row, "submitted_by")?,
         external: external(row)?,
         callback_url: get(row, "callback_url")?,
+        traceparent: get(row, "traceparent")?,
     })
 }
 
@@ -97,6 +98,7 @@ pub(super) fn claimed(row: &QueryResult, now: i64) -> Result<ClaimedJob, Error> 
         requested_by: get(row, "requested_by")?,
         external: external(row)?,
         cancel_requested: get(row, "cancel_requested")?,
+        traceparent: get(row, "traceparent")?,
     })
 }
 

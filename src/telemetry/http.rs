@@ -41,6 +41,10 @@ impl<E: Endpoint> Endpoint for HttpMetricsEndpoint<E> {
         let route = self.routes.label(req.uri().path());
         // One span per request (exported when OTLP tracing is on): method and route template only.
         let span = tracing::debug_span!("http.request", http.method = %method, http.route = route);
+        // A caller's trace continues here (and, through the job, on whichever replica runs it).
+        if let Some(tp) = req.headers().get("traceparent").and_then(|v| v.to_str().ok()) {
+            super::trace::set_parent(&span, Some(tp));
+        }
         let res = tracing::Instrument::instrument(self.inner.call(req), span).await;
         let status = match &res {
             Ok(_) => None,

@@ -4,6 +4,7 @@
 pub mod http;
 pub mod metrics;
 mod settings;
+pub mod trace;
 
 use tracing::Level;
 use tracing_subscriber::filter::Targets;
@@ -76,13 +77,17 @@ fn log_directives(filter: &str) -> String {
 pub fn init_logs(config: &Settings) -> Result<TelemetryGuard, LogError> {
     let directives = log_directives(&config.log);
     let filter = EnvFilter::try_new(&directives).map_err(|e| LogError::Filter(e.to_string()))?;
-    let fmt = tracing_subscriber::fmt::layer()
+    let format = tracing_subscriber::fmt::format()
         .json()
         .flatten_event(true)
         .with_current_span(false)
         .with_span_list(false)
         // `target` is the job's target in our lines; the module path would collide with it.
         .with_target(false);
+    // With spans exported, lines written inside one carry its trace and span ids.
+    let fmt = tracing_subscriber::fmt::layer()
+        .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+        .event_format(trace::WithTraceIds { on: config.otlp_endpoint.is_some(), format });
     let loki = match &config.loki_url {
         Some(url) => {
             let (layer, task) = tracing_loki::builder()

@@ -121,7 +121,7 @@ impl Awx {
 
     async fn stdout_tail(&self, job: &str, token: &str) -> String {
         let req = self.http.get(self.api(&format!("/jobs/{job}/stdout/?format=txt"))).bearer_auth(token);
-        match req.send().await {
+        match remote::traced(req).send().await {
             Ok(r) if r.status().is_success() => {
                 r.text().await.map(|t: String| remote::tail(&t, 20, 2048)).unwrap_or_default()
             }

@@ -144,7 +144,8 @@ impl Runner for Http {
             if let Some(path) = &self.token_file {
                 req = req.bearer_auth(remote::read_secret(path).await?);
             }
-            let mut resp = req.send().await.map_err(|e| remote::unreachable(&format!("http: {shown}"), e))?;
+            let mut resp =
+                remote::traced(req).send().await.map_err(|e| remote::unreachable(&format!("http: {shown}"), e))?;
             let status = resp.status();
             let headers = resp.headers().clone();
             let mut kept = Vec::new();

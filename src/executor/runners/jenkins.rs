@@ -102,7 +102,7 @@ impl Jenkins {
         }
         let url = format!("{}{}/buildWithParameters", self.base, self.job_path);
         let req = self.http.post(&url).basic_auth(&self.user, Some(token)).form(&form);
-        let resp = req.send().await.map_err(|e| remote::unreachable("jenkins trigger", e))?;
+        let resp = remote::traced(req).send().await.map_err(|e| remote::unreachable("jenkins trigger", e))?;
         let (status, headers) = (resp.status(), resp.headers().clone());
         if !matches!(status.as_u16(), 201 | 303) {
             let body = resp.text().await.unwrap_or_default();
@@ -216,8 +216,7 @@ impl Runner for Jenkins {
                 }
                 Stage::Building { url } => self.http.post(format!("{url}stop")),
             };
-            let resp = req
-                .basic_auth(&self.user, Some(&token))
+            let resp = remote::traced(req.basic_auth(&self.user, Some(&token)))
                 .send()
                 .await
                 .map_err(|e| remote::unreachable("jenkins cancel", e))?;

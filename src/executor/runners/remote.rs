@@ -63,13 +63,16 @@ pub(super) fn unexpected(what: &str, status: StatusCode, headers: &HeaderMap, bo
     e
 }
 
+/// Outgoing requests carry the attempt's trace context.
+pub(super) use crate::telemetry::trace::traced;
+
 /// Sends a request and reads its answer as JSON when its status is one of `ok`.
 pub(super) async fn call(
     what: &str,
     request: reqwest::RequestBuilder,
     ok: &[u16],
 ) -> Result<(StatusCode, HeaderMap, Value), RunError> {
-    let resp = request.send().await.map_err(|e| unreachable(what, e))?;
+    let resp = traced(request).send().await.map_err(|e| unreachable(what, e))?;
     let (status, headers) = (resp.status(), resp.headers().clone());
     let text = resp.text().await.map_err(|e| unreachable(what, e))?;
     if !ok.contains(&status.as_u16()) {
