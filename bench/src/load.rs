@@ -513,6 +513,97 @@ pub async fn none_in_status(client: &mut Client, status: &str) -> Result<bool, S
     Ok(v["items"].as_array().is_some_and(|a| a.is_empty()))
 }
 
+/// Event streams held open on `/v1/events/stream` while a load runs: each counts the events it
+/// receives; the first also measures each event's lag (receipt minus the event's `at`).
+pub struct Fanout {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<(u64, Vec<i64>)>>,
+}
+
+/// What the streams saw.
+pub struct FanoutRun {
+    /// Events received, summed over the streams.
+    pub events: u64,
+    pub streams: usize,
+    /// Lag of each event on the first stream.
+    pub lag: Lat,
+}
+
+impl Fanout {
+    /// Opens `k` streams (a raw HTTP/1.1 request each) and waits for their headers.
+    pub async fn open(addr: SocketAddr, k: usize, errs: &Arc<Errors>) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (stop, watch) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::with_capacity(k);
+        for i in 0..k {
+            let (mut stop, errs) = (watch.clone(), errs.clone());
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            tasks.push(tokio::spawn(async move {
+                let mut seen = 0u64;
+                let mut lags = Vec::new();
+                let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+                    errs.add("fan-out: connect failed");
+                    return (0, lags);
+                };
+                let req = "GET /v1/events/stream HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n";
+                if s.write_all(req.as_bytes()).await.is_err() {
+                    errs.add("fan-out: request failed");
+                    return (0, lags);
+                }
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut pending = String::new();
+                let mut ready = Some(ready_tx);
+                loop {
+                    let n = tokio::select! {
+                        r = s.read(&mut buf) => match r { Ok(0) | Err(_) => break, Ok(n) => n },
+                        _ = stop.changed() => break,
+                    };
+                    pending.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                    // Whole lines only; a data line carries one event.
+                    let Some(end) = pending.rfind('\n') else { continue };
+                    let now = now_us();
+                    for line in pending[..end].lines() {
+                        let Some(data) = line.strip_prefix("data: ") else { continue };
+                        seen += 1;
+                        if i == 0
+                            && let Some(at) = serde_json::from_str::<serde_json::Value>(data)
+                                .ok()
+                                .and_then(|v| v["at"].as_str().and_then(parse_rfc3339_us))
+                        {
+                            lags.push(now - at);
+                        }
+                    }
+                    pending.drain(..=end);
+                }
+                (seen, lags)
+            }));
+            let _ = tokio::time::timeout(Duration::from_secs(5), ready_rx).await;
+        }
+        Self { stop, tasks }
+    }
+
+    /// Closes the streams after `settle` and returns what they received.
+    pub async fn close(self, settle: Duration) -> FanoutRun {
+        tokio::time::sleep(settle).await;
+        let _ = self.stop.send(true);
+        let streams = self.tasks.len();
+        let mut events = 0;
+        let mut lag = Lat::default();
+        for t in self.tasks {
+            if let Ok((n, l)) = t.await {
+                events += n;
+                if lag.0.is_empty() {
+                    l.into_iter().for_each(|us| lag.push_us(us));
+                }
+            }
+        }
+        FanoutRun { events, streams, lag }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,6 +32,8 @@ struct Plan {
     half_conns: usize,
     half_samples: usize,
     drain_workers: u32,
+    /// Event streams open during the fan-out run.
+    streams: usize,
     /// Bound of any single phase.
     limit: Duration,
     /// Pause after start before the idle RSS is read.
@@ -51,6 +53,7 @@ const FULL: Plan = Plan {
     half_conns: 16,
     half_samples: 1000,
     drain_workers: 256,
+    streams: 50,
     limit: Duration::from_secs(240),
     settle: Duration::from_secs(1),
 };
@@ -68,6 +71,7 @@ const SMOKE: Plan = Plan {
     half_conns: 8,
     half_samples: 100,
     drain_workers: 256,
+    streams: 4,
     limit: Duration::from_secs(30),
     settle: Duration::from_millis(200),
 };
@@ -113,6 +117,7 @@ fn target(backend: &str, key: &str) -> &'static str {
         ("sqlite", "post") => "8 000/s at p99 <= 15 ms (stretch 20 000/s)",
         ("postgres", "post") => "5 000/s (stretch 10 000/s)",
         ("sqlite", "e2e") => "5 000/s (stretch 10 000/s)",
+        (_, "e2e_sse") => "within 5 % of end-to-end without streams",
         ("postgres", "e2e") => "3 000/s (stretch 8 000/s)",
         (_, "drain") => "10 000/s (stretch 20 000/s)",
         (_, "dispatch_serial" | "dispatch_half") => "p50 <= 2 ms, p99 <= 10 ms (stretch 1 / 5 ms)",
@@ -392,6 +397,33 @@ impl Rep<'_> {
             vec![("", e2e, "jobs/s"), ("POST rate meanwhile", run.rate(), "req/s")],
         );
         self.check_settled(w.addr, "end-to-end").await?;
+
+        // Phase 3b: the same, with event streams open: the fan-out's cost and its lag.
+        let fan = load::Fanout::open(w.addr, plan.streams, &self.ctx.errs).await;
+        let (e2e_sse, run_sse) = self.end_to_end(w.addr, w.addr, plan.e2e_jobs).await?;
+        let mut seen = fan.close(Duration::from_millis(500)).await;
+        let want = 3 * run_sse.jobs.len() as u64 * seen.streams as u64;
+        if seen.events < want {
+            self.ctx.errs.add(format!("fan-out: {} of {want} events reached the streams", seen.events));
+        }
+        self.fig(
+            "e2e_sse",
+            "end-to-end instant jobs with event streams open",
+            format!(
+                "conns={} n={} workers={} streams={} (every event to every stream)",
+                plan.conns,
+                run_sse.jobs.len(),
+                w.workers,
+                seen.streams
+            ),
+            vec![
+                ("", e2e_sse, "jobs/s"),
+                ("events delivered", seen.events as f64 / seen.streams.max(1) as f64, "per stream"),
+                ("lag p50", seen.lag.pct_ms(50.0), "ms"),
+                ("lag p99", seen.lag.pct_ms(99.0), "ms"),
+            ],
+        );
+        self.check_settled(w.addr, "end-to-end with streams").await?;
         load::verify_success(
             w.addr,
             &run.jobs,

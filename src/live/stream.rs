@@ -46,7 +46,6 @@ impl StreamFilter {
 pub fn follow(hub: &EventHub, after: Option<i64>, filter: StreamFilter) -> mpsc::Receiver<Arc<JobEvent>> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let sub = hub.subscribe();
-    let after = after.unwrap_or(sub.upto);
     tokio::spawn(run(hub.clone(), sub, after, filter, tx));
     rx
 }
@@ -60,11 +59,22 @@ enum End {
 async fn run(
     hub: EventHub,
     mut sub: super::hub::Subscription,
-    after: i64,
+    after: Option<i64>,
     filter: StreamFilter,
     tx: mpsc::Sender<Arc<JobEvent>>,
 ) {
-    let mut sent = after;
+    // "From now on" is the log's horizon read after subscribing, not the hub's position, which
+    // lags while it has no subscribers: what follows the horizon arrives live or by a jump.
+    let mut sent = match after {
+        Some(after) => after,
+        None => match hub.store().event_horizon().await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the event log's end failed; the stream ends");
+                return;
+            }
+        },
+    };
     if catch_up(&hub, &mut sent, sub.upto, &filter, &tx).await.is_err() {
         return;
     }
