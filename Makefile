@@ -7,7 +7,7 @@ CARGO ?= cargo
 # Where cargo puts binaries (honours CARGO_TARGET_DIR).
 TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 
-.PHONY: run release-gateway test lint test-rust test-deploy test-security test-faults test-runners check-postgres openapi bench bench-smoke
+.PHONY: run release-gateway test lint test-rust test-deploy test-security test-faults test-runners test-live test-ui check-postgres openapi bench bench-smoke
 
 # The shipped gateway binary links glibc statically (static-pie): the shared libraries' pages stay
 # out of its resident set (about 1 MB less idle RSS). `--target` with the host triple makes cargo
@@ -23,7 +23,7 @@ release-gateway:
 	RUSTFLAGS="$$RUSTFLAGS -C target-feature=+crt-static" $(CARGO) build --release --locked --target $(HOST) --bin automation-gateway
 
 ## The README's test command.
-test: lint check-postgres test-rust bench-smoke test-deploy test-security test-faults test-runners
+test: lint check-postgres test-rust bench-smoke test-deploy test-security test-faults test-runners test-live test-ui
 	@echo "make test: all suites passed"
 
 lint:
@@ -65,6 +65,19 @@ test-faults:
 test-runners:
 	$(CARGO) build --locked --bin automation-gateway
 	GATEWAY_BIN="$(TARGET_DIR)/debug/automation-gateway" bash tests/runners/run.sh
+
+# Following jobs live: the event log on both backends, SSE streams (resume, cross-replica latency,
+# 1 000 idle streams' memory), long-poll, signed webhooks from the outbox (with SIGKILL), traces
+# against a local OTLP receiver, and the `jobs` command line.
+test-live:
+	$(CARGO) build --locked --bin automation-gateway
+	GATEWAY_BIN="$(TARGET_DIR)/debug/automation-gateway" bash tests/live/run.sh
+
+# The job console in a real browser: headless Chromium driven by Selenium (installs the Debian
+# chromium and chromium-driver packages when missing); screenshots in tests/ui/artifacts/.
+test-ui:
+	$(CARGO) build --locked --bin automation-gateway
+	GATEWAY_BIN="$(TARGET_DIR)/debug/automation-gateway" bash tests/ui/run.sh
 
 # Regenerates the committed OpenAPI document (a test fails when it drifts).
 openapi:

@@ -321,8 +321,10 @@ impl Client {
     }
 
     async fn send(&self, r: reqwest::RequestBuilder) -> Result<Value, Failure> {
-        let resp =
-            r.send().await.map_err(|e| Failure::http(format!("cannot reach {}: {}", self.base, describe(&e))))?;
+        let resp = r
+            .send()
+            .await
+            .map_err(|e| Failure::http(format!("cannot reach {}: {}", self.base, crate::telemetry::error_chain(&e))))?;
         let status = resp.status();
         let text = resp.text().await.map_err(|e| Failure::http(format!("reading the answer: {e}")))?;
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
@@ -375,11 +377,17 @@ impl Client {
                 }
                 Err(e) if drops < 5 && last.is_some() => {
                     drops += 1;
-                    eprintln!("stream dropped ({}); resuming", describe(&e));
+                    eprintln!("stream dropped ({}); resuming", crate::telemetry::error_chain(&e));
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
-                Err(e) => return Err(Failure::http(format!("cannot reach {}: {}", self.base, describe(&e)))),
+                Err(e) => {
+                    return Err(Failure::http(format!(
+                        "cannot reach {}: {}",
+                        self.base,
+                        crate::telemetry::error_chain(&e)
+                    )));
+                }
             };
             let mut buf = String::new();
             loop {
@@ -423,17 +431,6 @@ fn sse_data(message: &str) -> Option<Value> {
         return None;
     }
     serde_json::from_str(&data.join("\n")).ok()
-}
-
-fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

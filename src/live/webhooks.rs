@@ -384,25 +384,13 @@ async fn post(
         .body(body)
         .send()
         .await
-        .map_err(|e| (None, describe(&e)))?;
+        .map_err(|e| (None, crate::telemetry::error_chain(&e.without_url())))?;
     let code = i32::from(response.status().as_u16());
     if response.status().is_success() {
         Ok(code)
     } else {
         Err((Some(code), format!("receiver answered {}", response.status())))
     }
-}
-
-/// A transport error with its causes (reqwest's own message is only the outermost).
-fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

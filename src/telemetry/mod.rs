@@ -6,6 +6,19 @@ pub mod metrics;
 mod settings;
 pub mod trace;
 
+/// An error with its causes, outermost first (`a: b: c`): libraries such as reqwest put the
+/// useful part (connection refused, certificate expired) in a source, not in their own message.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 use tracing::Level;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
