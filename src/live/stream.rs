@@ -67,7 +67,9 @@ async fn run(
     // lags while it has no subscribers: what follows the horizon arrives live or by a jump.
     let mut sent = match after {
         Some(after) => after,
-        None => match hub.store().event_horizon().await {
+        // Boxed, here and below: a stream's task lives as long as its client, and is only as
+        // large as its largest await, so the database futures must not be part of it.
+        None => match Box::pin(hub.store().event_horizon()).await {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the event log's end failed; the stream ends");
@@ -75,7 +77,7 @@ async fn run(
             }
         },
     };
-    if catch_up(&hub, &mut sent, sub.upto, &filter, &tx).await.is_err() {
+    if Box::pin(catch_up(&hub, &mut sent, sub.upto, &filter, &tx)).await.is_err() {
         return;
     }
     loop {
@@ -90,7 +92,7 @@ async fn run(
                 deliver(&filter, e, &tx).await
             }
             Ok(Message::Event(_)) => Ok(()),
-            Ok(Message::Jump { to }) => catch_up(&hub, &mut sent, to, &filter, &tx).await,
+            Ok(Message::Jump { to }) => Box::pin(catch_up(&hub, &mut sent, to, &filter, &tx)).await,
             Err(RecvError::Lagged(n)) => {
                 tracing::info!(
                     behind = n,
