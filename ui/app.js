@@ -177,6 +177,8 @@ let alertKind = '';
 function showAlert(message, kind = 'error') {
   const box = $('alert');
   const was = alertKind;
+  // The same message again (e.g. the 10 s statistics refresh) is not announced again.
+  if (was === kind && box.textContent === message) return;
   alertKind = kind;
   box.replaceChildren(el('p', { text: message }));
   box.dataset.kind = kind;
@@ -695,14 +697,12 @@ function pauseLive() {
   setLiveStatus('paused', 'paused');
   const b = $('live-toggle');
   b.textContent = 'Resume live updates';
-  b.setAttribute('aria-pressed', 'true');
 }
 
 function resumeLive() {
   live.paused = false;
   const b = $('live-toggle');
   b.textContent = 'Pause live updates';
-  b.setAttribute('aria-pressed', 'false');
   // With a position, the stream replays what happened while paused; without one, reload the list.
   if (live.lastEventId === null || live.lastEventId === '') loadList();
   startLive();
