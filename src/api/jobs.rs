@@ -227,6 +227,7 @@ impl JobsApi {
             events: crate::store::EventFilter { job: Some(id), ..Default::default() },
             status: None,
             until_terminal: true,
+            only_stored: false,
         };
         let mut rx = crate::live::follow(&state.hub, Some(0), filter);
         let _ = tokio::time::timeout(wait, async {

@@ -59,11 +59,12 @@ impl LiveApi {
     ) -> Result<Events, GetError> {
         state.require(identity.0, Need::Read, "jobs.stream", &request_id.to_string()).map_err(GetError::from)?;
         let id = JobId(job_id.0);
-        visible_job(&state, identity.0, id).await.map_err(GetError::from)?;
+        let job = visible_job(&state, identity.0, id).await.map_err(GetError::from)?;
         let filter = StreamFilter {
             events: EventFilter { job: Some(id), ..EventFilter::default() },
             status: None,
             until_terminal: true,
+            only_stored: job.status.is_terminal(),
         };
         Ok(sse(&state, crate::live::follow(&state.hub, Some(last_event_id.0.unwrap_or(0).max(0)), filter)))
     }
@@ -114,6 +115,7 @@ impl LiveApi {
             events: EventFilter { job: None, actions: identity.scope().map(<[_]>::to_vec), action, target: target.0 },
             status: status.0.map(JobStatus::from),
             until_terminal: false,
+            only_stored: false,
         };
         // Without a resume position: live only, from what the hub has published.
         let after = last_event_id.0.map(|id| id.max(0));

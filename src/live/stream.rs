@@ -28,6 +28,9 @@ pub struct StreamFilter {
     pub status: Option<JobStatus>,
     /// End after the first terminal event (a single job's stream).
     pub until_terminal: bool,
+    /// Send what the log holds now, then end (a finished job's stream: nothing more can come,
+    /// also when the client resumes after the terminal event).
+    pub only_stored: bool,
 }
 
 impl StreamFilter {
@@ -77,7 +80,20 @@ async fn run(
             }
         },
     };
-    if Box::pin(catch_up(&hub, &mut sent, sub.upto, &filter, &tx)).await.is_err() {
+    let upto = if filter.only_stored {
+        // The job ended before this read, so its last event is below the current horizon (the
+        // hub's position may lag behind it).
+        match Box::pin(hub.store().event_horizon()).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the event log's end failed; the stream ends");
+                return;
+            }
+        }
+    } else {
+        sub.upto
+    };
+    if Box::pin(catch_up(&hub, &mut sent, upto, &filter, &tx)).await.is_err() || filter.only_stored {
         return;
     }
     loop {

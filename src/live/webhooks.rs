@@ -270,9 +270,15 @@ pub async fn deliver_loop(
     }
     let client = builder.build().map_err(|e| SetupError::Client(e.to_string()))?;
     let due = store.webhooks_due();
-    // The lease outlives a try that takes the whole timeout.
-    let lease_us = (hooks.inner.timeout + Duration::from_secs(30)).as_micros() as i64;
+    // The lease outlives a try that takes the whole timeout, and its recording.
+    let lease_us = (hooks.inner.timeout + Duration::from_secs(5)).as_micros() as i64;
+    // One SQLite process owns the file: leases held at start-up are a dead process's.
+    if let Err(e) = store.release_stale_webhook_leases().await {
+        tracing::warn!(error = %e, "releasing webhook leases at start-up failed; they expire by themselves");
+    }
     let mut running = tokio::task::JoinSet::new();
+    // The earliest retry this process scheduled: woken for it, not only at the next tick.
+    let mut next_retry: Option<tokio::time::Instant> = None;
     loop {
         let free = CONCURRENCY - running.len();
         if free > 0 && !stop.is_cancelled() {
@@ -287,10 +293,22 @@ pub async fn deliver_loop(
                 Err(e) => tracing::warn!(error = %e, "claiming webhook deliveries failed"),
             }
         }
+        let tick = tokio::time::Instant::now() + Duration::from_secs(1);
+        let wake = next_retry.map_or(tick, |r| r.min(tick));
         tokio::select! {
             _ = due.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            Some(_) = running.join_next(), if !running.is_empty() => {}
+            _ = tokio::time::sleep_until(wake) => {
+                if next_retry.is_some_and(|r| r <= tokio::time::Instant::now()) {
+                    next_retry = None;
+                }
+            }
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                if let Ok(NextTry::At(at_us)) = done {
+                    let wait = Duration::from_micros((at_us - crate::store::now_us()).max(0) as u64);
+                    let at = tokio::time::Instant::now() + wait;
+                    next_retry = Some(next_retry.map_or(at, |r| r.min(at)));
+                }
+            }
             _ = stop.cancelled() => {
                 // Tries in flight finish (bounded by the timeout); their leases cover them.
                 while running.join_next().await.is_some() {}
@@ -309,7 +327,7 @@ async fn deliver(
     client: &reqwest::Client,
     owner: Uuid,
     d: DueWebhook,
-) {
+) -> NextTry {
     let attempt = d.attempts + 1;
     let at = crate::store::now_us();
     let started = Instant::now();
@@ -357,6 +375,7 @@ async fn deliver(
             tracing::error!(job_id = %d.job_id, attempt, status_code, error = error.as_deref().unwrap_or(""), "webhook delivery failed; given up")
         }
     }
+    next
 }
 
 /// POSTs the job; the receiver's status on a 2xx, else the status (if any) and why.

@@ -123,6 +123,20 @@ impl Store {
             .collect()
     }
 
+    /// At start-up on SQLite (one process owns the file), frees the leases of tries a dead
+    /// process left in flight, so they are made again now instead of after their lease.
+    pub async fn release_stale_webhook_leases(&self) -> Result<(), Error> {
+        if self.inner.backend == Backend::Sqlite {
+            self.inner
+                .write
+                .execute_unprepared(
+                    "UPDATE webhook_outbox SET lease_owner = NULL, lease_until = NULL WHERE state = 'pending' AND lease_owner IS NOT NULL",
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Logs a try and schedules what follows, if `owner` still holds the lease for that try.
     /// False when it does not (its lease ran out and another replica took the delivery over).
     pub async fn record_webhook_try(
