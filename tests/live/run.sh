@@ -16,54 +16,11 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HERE/../.." && pwd)"
-PYTHON="${PYTHON:-python3}"
-SUITE_TIMEOUT="${LIVE_TIMEOUT:-720}"
-log() { printf '[live-tests] %s\n' "$*" >&2; }
+SUITE=live-tests
+source "$HERE/../lib/suite.sh"
 
-if [ -z "${GATEWAY_BIN:-}" ]; then
-  log "GATEWAY_BIN is not set: point it at the built service binary, e.g. /var/tmp/ag-live-bin/automation-gateway"
-  exit 1
-fi
-if [ ! -x "$GATEWAY_BIN" ]; then
-  log "GATEWAY_BIN=$GATEWAY_BIN is not an executable file"
-  exit 1
-fi
-GATEWAY_BIN="$(cd "$(dirname "$GATEWAY_BIN")" && pwd)/$(basename "$GATEWAY_BIN")"
-export GATEWAY_BIN
-
-for tool in psql createdb dropdb; do
-  command -v "$tool" >/dev/null 2>&1 || { log "$tool is missing (install postgresql-client)"; exit 1; }
-done
-timeout 10 psql -h 127.0.0.1 -U postgres -d postgres -X -tAc 'SELECT 1' >/dev/null \
-  || { log "PostgreSQL at 127.0.0.1:5432 (user postgres, trust) does not answer"; exit 1; }
-
-PIP_PKGS=()
-"$PYTHON" -c 'import pytest' 2>/dev/null || PIP_PKGS+=(pytest)
-"$PYTHON" -c 'import requests' 2>/dev/null || PIP_PKGS+=(requests)
-"$PYTHON" -c 'import yaml' 2>/dev/null || PIP_PKGS+=(pyyaml)
+suite_require_bin
+suite_require_postgres
 # test_traces.py decodes the gateway's OTLP/HTTP protobuf exports.
-"$PYTHON" -c 'import opentelemetry.proto' 2>/dev/null || PIP_PKGS+=(opentelemetry-proto)
-if ((${#PIP_PKGS[@]})); then
-  log "pip install ${PIP_PKGS[*]}"
-  timeout 900 "$PYTHON" -m pip install --quiet --disable-pip-version-check "${PIP_PKGS[@]}"
-  hash -r
-fi
-"$PYTHON" -c 'import pytest, requests, yaml, opentelemetry.proto' || { log "python packages missing after install"; exit 1; }
-log "service $("$GATEWAY_BIN" --version 2>/dev/null || echo '?'), binary $GATEWAY_BIN"
-
-cd "$REPO"
-set +e
-timeout "$SUITE_TIMEOUT" "$PYTHON" -m pytest -p no:cacheprovider -rA -s "$HERE" "$@"
-rc=$?
-set -e
-if [ "$rc" -eq 5 ]; then
-  log "pytest collected no tests: failing"
-  exit 1
-fi
-if [ "$rc" -eq 124 ]; then
-  log "FAILED: the suite did not finish within $SUITE_TIMEOUT s"
-  exit 1
-fi
-[ "$rc" -eq 0 ] && log "all live tests passed" || log "FAILED (pytest exit $rc)"
-exit "$rc"
+suite_pip pytest requests yaml=pyyaml opentelemetry.proto=opentelemetry-proto
+suite_pytest "${LIVE_TIMEOUT:-720}" "$HERE" -s "$@"

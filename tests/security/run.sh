@@ -14,50 +14,20 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HERE/../.." && pwd)"
-PYTHON="${PYTHON:-python3}"
-log() { printf '[security-tests] %s\n' "$*" >&2; }
+SUITE=security-tests
+source "$HERE/../lib/suite.sh"
 
-if [ -z "${GATEWAY_BIN:-}" ]; then
-  log "GATEWAY_BIN is not set: point it at the built service binary, e.g. /var/tmp/ag-target/debug/automation-gateway"
-  exit 1
-fi
-if [ ! -x "$GATEWAY_BIN" ]; then
-  log "GATEWAY_BIN=$GATEWAY_BIN is not an executable file"
-  exit 1
-fi
-GATEWAY_BIN="$(cd "$(dirname "$GATEWAY_BIN")" && pwd)/$(basename "$GATEWAY_BIN")"
-export GATEWAY_BIN
-
-PIP_PKGS=()
-"$PYTHON" -c 'import schemathesis' 2>/dev/null || PIP_PKGS+=(schemathesis)
-"$PYTHON" -c 'import pytest' 2>/dev/null || PIP_PKGS+=(pytest)
-"$PYTHON" -c 'import requests' 2>/dev/null || PIP_PKGS+=(requests)
-if ((${#PIP_PKGS[@]})); then
-  log "pip install ${PIP_PKGS[*]}"
-  timeout 900 "$PYTHON" -m pip install --quiet --disable-pip-version-check "${PIP_PKGS[@]}"
-  hash -r
-fi
-"$PYTHON" -c 'import schemathesis, pytest, requests' || { log "python packages missing after install"; exit 1; }
+suite_require_bin
+suite_pip schemathesis pytest requests
 # The schemathesis CLI of the same Python (its entry point may not be on PATH).
 ST_BIN="$(dirname "$("$PYTHON" -c 'import sys; print(sys.executable)')")/st"
 if [ -x "$ST_BIN" ]; then export PATH="$(dirname "$ST_BIN"):$PATH"; fi
-command -v st >/dev/null 2>&1 || { log "the schemathesis CLI (st) is missing after install"; exit 1; }
-log "schemathesis $(st --version 2>/dev/null | awk '{print $NF}'), service $("$GATEWAY_BIN" --version 2>/dev/null || echo '?')"
+command -v st >/dev/null 2>&1 || { suite_log "the schemathesis CLI (st) is missing after install"; exit 1; }
+suite_log "schemathesis $(st --version 2>/dev/null | awk '{print $NF}')"
 
 # Logs of every service started by the tests (the token-leak test reads the authenticated ones).
 export AG_SECURITY_LOG_DIR="${AG_SECURITY_LOG_DIR:-$(mktemp -d /tmp/ag-security-logs.XXXXXX)}"
 rm -f "$AG_SECURITY_LOG_DIR"/*.log
-log "service logs in $AG_SECURITY_LOG_DIR"
+suite_log "service logs in $AG_SECURITY_LOG_DIR"
 
-cd "$REPO"
-set +e
-timeout 1800 "$PYTHON" -m pytest -p no:cacheprovider -rA -s "$HERE" "$@"
-rc=$?
-set -e
-if [ "$rc" -eq 5 ]; then
-  log "pytest collected no tests: failing"
-  exit 1
-fi
-[ "$rc" -eq 0 ] && log "all security tests passed" || log "FAILED (pytest exit $rc)"
-exit "$rc"
+suite_pytest 1800 "$HERE" -s "$@"

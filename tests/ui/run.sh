@@ -13,21 +13,10 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HERE/../.." && pwd)"
-PYTHON="${PYTHON:-python3}"
-SUITE_TIMEOUT="${UI_TIMEOUT:-1200}"
-log() { printf '[ui-tests] %s\n' "$*" >&2; }
+SUITE=ui-tests
+source "$HERE/../lib/suite.sh"
 
-if [ -z "${GATEWAY_BIN:-}" ]; then
-  log "GATEWAY_BIN is not set: point it at the built service binary, e.g. /var/tmp/ag-live-bin/automation-gateway"
-  exit 1
-fi
-if [ ! -x "$GATEWAY_BIN" ]; then
-  log "GATEWAY_BIN=$GATEWAY_BIN is not an executable file"
-  exit 1
-fi
-GATEWAY_BIN="$(cd "$(dirname "$GATEWAY_BIN")" && pwd)/$(basename "$GATEWAY_BIN")"
-export GATEWAY_BIN
+suite_require_bin
 
 # --- Debian packages: the browser and its driver (same version, from the same archive) ---------
 export CHROMIUM_BIN="${CHROMIUM_BIN:-/usr/bin/chromium}"
@@ -35,51 +24,24 @@ export CHROMEDRIVER_BIN="${CHROMEDRIVER_BIN:-/usr/bin/chromedriver}"
 if [ ! -x "$CHROMIUM_BIN" ] || [ ! -x "$CHROMEDRIVER_BIN" ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  log "apt-get install chromium chromium-driver"
+  suite_log "apt-get install chromium chromium-driver"
   if ! DEBIAN_FRONTEND=noninteractive timeout 900 $SUDO apt-get install -y chromium chromium-driver >/dev/null; then
-    log "apt-get update (a package was missing from the lists)"
+    suite_log "apt-get update (a package was missing from the lists)"
     timeout 600 $SUDO apt-get update >/dev/null
     DEBIAN_FRONTEND=noninteractive timeout 900 $SUDO apt-get install -y chromium chromium-driver >/dev/null
   fi
   hash -r
 fi
-[ -x "$CHROMIUM_BIN" ] || { log "$CHROMIUM_BIN is missing after installing chromium"; exit 1; }
-[ -x "$CHROMEDRIVER_BIN" ] || { log "$CHROMEDRIVER_BIN is missing after installing chromium-driver"; exit 1; }
+[ -x "$CHROMIUM_BIN" ] || { suite_log "$CHROMIUM_BIN is missing after installing chromium"; exit 1; }
+[ -x "$CHROMEDRIVER_BIN" ] || { suite_log "$CHROMEDRIVER_BIN is missing after installing chromium-driver"; exit 1; }
 
-# --- Python packages ----------------------------------------------------------------------------
-PIP_PKGS=()
-"$PYTHON" -c 'import pytest' 2>/dev/null || PIP_PKGS+=(pytest)
-"$PYTHON" -c 'import requests' 2>/dev/null || PIP_PKGS+=(requests)
-"$PYTHON" -c 'import yaml' 2>/dev/null || PIP_PKGS+=(pyyaml)
-"$PYTHON" -c 'import selenium' 2>/dev/null || PIP_PKGS+=(selenium)
-if ((${#PIP_PKGS[@]})); then
-  log "pip install ${PIP_PKGS[*]}"
-  timeout 900 "$PYTHON" -m pip install --quiet --disable-pip-version-check "${PIP_PKGS[@]}"
-  hash -r
-fi
-"$PYTHON" -c 'import pytest, requests, yaml, selenium' || { log "python packages missing after install"; exit 1; }
+suite_pip pytest requests yaml=pyyaml selenium
 
 # Selenium Manager must not try to download a browser or driver (no internet here).
 export SE_OFFLINE=1
 export UI_ARTIFACTS="${UI_ARTIFACTS:-$HERE/artifacts}"
 mkdir -p "$UI_ARTIFACTS"
 rm -f "$UI_ARTIFACTS"/*.png "$UI_ARTIFACTS"/FAILED-* "$UI_ARTIFACTS"/chromedriver.log  # this run's only
-log "service $("$GATEWAY_BIN" --version 2>/dev/null || echo '?'), binary $GATEWAY_BIN"
-log "$("$CHROMIUM_BIN" --version 2>/dev/null | tail -n 1), $("$CHROMEDRIVER_BIN" --version 2>/dev/null | cut -d' ' -f1-2)"
-log "screenshots in $UI_ARTIFACTS"
-
-cd "$REPO"
-set +e
-timeout "$SUITE_TIMEOUT" "$PYTHON" -m pytest -p no:cacheprovider -rA "$HERE" "$@"
-rc=$?
-set -e
-if [ "$rc" -eq 5 ]; then
-  log "pytest collected no tests: failing"
-  exit 1
-fi
-if [ "$rc" -eq 124 ]; then
-  log "FAILED: the suite did not finish within $SUITE_TIMEOUT s"
-  exit 1
-fi
-[ "$rc" -eq 0 ] && log "all console tests passed" || log "FAILED (pytest exit $rc)"
-exit "$rc"
+suite_log "$("$CHROMIUM_BIN" --version 2>/dev/null | tail -n 1), $("$CHROMEDRIVER_BIN" --version 2>/dev/null | cut -d' ' -f1-2)"
+suite_log "screenshots in $UI_ARTIFACTS"
+suite_pytest "${UI_TIMEOUT:-1200}" "$HERE" "$@"
