@@ -517,7 +517,23 @@ pub async fn none_in_status(client: &mut Client, status: &str) -> Result<bool, S
 /// receives; the first also measures each event's lag (receipt minus the event's `at`).
 pub struct Fanout {
     stop: tokio::sync::watch::Sender<bool>,
+    /// Events received so far, over all streams.
+    seen: Arc<AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<(u64, Vec<i64>)>>,
+}
+
+/// Moves every complete chunk of a chunked HTTP/1.1 body from `raw` to `out`.
+fn dechunk(raw: &mut Vec<u8>, out: &mut String) {
+    loop {
+        let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else { return };
+        let size_text = String::from_utf8_lossy(&raw[..eol]);
+        let Ok(size) = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16) else { return };
+        if raw.len() < eol + 2 + size + 2 {
+            return;
+        }
+        out.push_str(&String::from_utf8_lossy(&raw[eol + 2..eol + 2 + size]));
+        raw.drain(..eol + 2 + size + 2);
+    }
 }
 
 /// What the streams saw.
@@ -534,9 +550,10 @@ impl Fanout {
     pub async fn open(addr: SocketAddr, k: usize, errs: &Arc<Errors>) -> Self {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (stop, watch) = tokio::sync::watch::channel(false);
+        let total = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::with_capacity(k);
         for i in 0..k {
-            let (mut stop, errs) = (watch.clone(), errs.clone());
+            let (mut stop, errs, total) = (watch.clone(), errs.clone(), total.clone());
             let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
             tasks.push(tokio::spawn(async move {
                 let mut seen = 0u64;
@@ -551,6 +568,9 @@ impl Fanout {
                     return (0, lags);
                 }
                 let mut buf = vec![0u8; 64 * 1024];
+                // The answer is chunked: `raw` holds bytes as read, `pending` the decoded body.
+                let mut raw: Vec<u8> = Vec::new();
+                let mut head_done = false;
                 let mut pending = String::new();
                 let mut ready = Some(ready_tx);
                 loop {
@@ -558,16 +578,23 @@ impl Fanout {
                         r = s.read(&mut buf) => match r { Ok(0) | Err(_) => break, Ok(n) => n },
                         _ = stop.changed() => break,
                     };
-                    pending.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    raw.extend_from_slice(&buf[..n]);
                     if let Some(r) = ready.take() {
                         let _ = r.send(());
                     }
+                    if !head_done {
+                        let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                        raw.drain(..at + 4);
+                        head_done = true;
+                    }
+                    dechunk(&mut raw, &mut pending);
                     // Whole lines only; a data line carries one event.
                     let Some(end) = pending.rfind('\n') else { continue };
                     let now = now_us();
                     for line in pending[..end].lines() {
                         let Some(data) = line.strip_prefix("data: ") else { continue };
                         seen += 1;
+                        total.fetch_add(1, Ordering::Relaxed);
                         if i == 0
                             && let Some(at) = serde_json::from_str::<serde_json::Value>(data)
                                 .ok()
@@ -582,12 +609,16 @@ impl Fanout {
             }));
             let _ = tokio::time::timeout(Duration::from_secs(5), ready_rx).await;
         }
-        Self { stop, tasks }
+        Self { stop, seen: total, tasks }
     }
 
-    /// Closes the streams after `settle` and returns what they received.
-    pub async fn close(self, settle: Duration) -> FanoutRun {
-        tokio::time::sleep(settle).await;
+    /// Closes the streams once they received `expected` events in all (or after `limit`) and
+    /// returns what they received.
+    pub async fn close(self, expected: u64, limit: Duration) -> FanoutRun {
+        let deadline = Instant::now() + limit;
+        while self.seen.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let _ = self.stop.send(true);
         let streams = self.tasks.len();
         let mut events = 0;

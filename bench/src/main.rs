@@ -401,8 +401,8 @@ impl Rep<'_> {
         // Phase 3b: the same, with event streams open: the fan-out's cost and its lag.
         let fan = load::Fanout::open(w.addr, plan.streams, &self.ctx.errs).await;
         let (e2e_sse, run_sse) = self.end_to_end(w.addr, w.addr, plan.e2e_jobs).await?;
-        let mut seen = fan.close(Duration::from_millis(500)).await;
-        let want = 3 * run_sse.jobs.len() as u64 * seen.streams as u64;
+        let want = 3 * run_sse.jobs.len() as u64 * plan.streams as u64;
+        let mut seen = fan.close(want, Duration::from_secs(10)).await;
         if seen.events < want {
             self.ctx.errs.add(format!("fan-out: {} of {want} events reached the streams", seen.events));
         }

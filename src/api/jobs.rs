@@ -229,7 +229,7 @@ impl JobsApi {
             until_terminal: true,
             only_stored: false,
         };
-        let mut rx = crate::live::follow(&state.hub, Some(0), filter);
+        let mut rx = crate::live::follow(&state.hub, Some(0), filter).await.map_err(problem::<GetError>)?;
         let _ = tokio::time::timeout(wait, async {
             while let Some(e) = rx.recv().await {
                 if e.kind.is_terminal() {

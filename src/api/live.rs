@@ -66,7 +66,10 @@ impl LiveApi {
             until_terminal: true,
             only_stored: job.status.is_terminal(),
         };
-        Ok(sse(&state, crate::live::follow(&state.hub, Some(last_event_id.0.unwrap_or(0).max(0)), filter)))
+        let rx = crate::live::follow(&state.hub, Some(last_event_id.0.unwrap_or(0).max(0)), filter)
+            .await
+            .map_err(|e| GetError::from(Problem::from(e)))?;
+        Ok(sse(&state, rx))
     }
 
     /// Follow all jobs
@@ -119,7 +122,8 @@ impl LiveApi {
         };
         // Without a resume position: live only, from what the hub has published.
         let after = last_event_id.0.map(|id| id.max(0));
-        Ok(sse(&state, crate::live::follow(&state.hub, after, filter)))
+        let rx = crate::live::follow(&state.hub, after, filter).await.map_err(|e| ListError::from(Problem::from(e)))?;
+        Ok(sse(&state, rx))
     }
 
     /// A job's webhook deliveries

@@ -44,13 +44,24 @@ impl StreamFilter {
     }
 }
 
-/// Starts following the log after position `after` (`None`: only what happens from now on);
-/// events arrive on the returned channel.
-pub fn follow(hub: &EventHub, after: Option<i64>, filter: StreamFilter) -> mpsc::Receiver<Arc<JobEvent>> {
+/// Starts following the log after position `after` (`None`: only what is committed from now
+/// on); events arrive on the returned channel. "Now" is fixed before this returns, so everything
+/// committed after a client got its answer's headers reaches it.
+pub async fn follow(
+    hub: &EventHub,
+    after: Option<i64>,
+    filter: StreamFilter,
+) -> Result<mpsc::Receiver<Arc<JobEvent>>, crate::store::Error> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let sub = hub.subscribe();
+    // The log's horizon read after subscribing, not the hub's position, which lags while it has
+    // no subscribers: what follows the horizon arrives live or by a jump.
+    let after = match after {
+        Some(after) => after,
+        None => hub.store().event_horizon().await?,
+    };
     tokio::spawn(run(hub.clone(), sub, after, filter, tx));
-    rx
+    Ok(rx)
 }
 
 /// Why a follower stops.
@@ -62,24 +73,13 @@ enum End {
 async fn run(
     hub: EventHub,
     mut sub: super::hub::Subscription,
-    after: Option<i64>,
+    after: i64,
     filter: StreamFilter,
     tx: mpsc::Sender<Arc<JobEvent>>,
 ) {
-    // "From now on" is the log's horizon read after subscribing, not the hub's position, which
-    // lags while it has no subscribers: what follows the horizon arrives live or by a jump.
-    let mut sent = match after {
-        Some(after) => after,
-        // Boxed, here and below: a stream's task lives as long as its client, and is only as
-        // large as its largest await, so the database futures must not be part of it.
-        None => match Box::pin(hub.store().event_horizon()).await {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the event log's end failed; the stream ends");
-                return;
-            }
-        },
-    };
+    let mut sent = after;
+    // Boxed, here and below: a stream's task lives as long as its client, and is only as large
+    // as its largest await, so the database futures must not be part of it.
     let upto = if filter.only_stored {
         // The job ended before this read, so its last event is below the current horizon (the
         // hub's position may lag behind it).
