@@ -116,6 +116,10 @@ impl Store {
             Backend::Sqlite => self.inner.read.query_one_raw(self.stmt(MAX, vec![])).await?,
             Backend::Postgres => {
                 let txn = self.inner.write.begin().await?;
+                // Writers hold the lock only from their events' insert to their commit; a wait
+                // longer than this is a stuck writer, and the reader tries again instead of
+                // holding its connection.
+                txn.execute_unprepared("SET LOCAL lock_timeout = '5s'").await?;
                 txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({EVENT_LOCK_KEY})")).await?;
                 let row = txn.query_one_raw(self.stmt(MAX, vec![])).await?;
                 txn.commit().await?;

@@ -322,7 +322,9 @@ impl Gateway {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("gateway did not exit within 60 s of SIGTERM");
+        // What it was doing: its last log lines.
+        let tail = self.log.lock().map(|l| l[l.len().saturating_sub(40)..].join("\n")).unwrap_or_default();
+        panic!("gateway did not exit within 60 s of SIGTERM; its last log lines:\n{tail}");
     }
 
     /// Job ids of every attempt this process started, from its log.
