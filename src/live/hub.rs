@@ -27,8 +27,8 @@ const PAGE: usize = 500;
 pub enum Message {
     /// The next event of the log.
     Event(Arc<JobEvent>),
-    /// The hub skipped the log between these positions (it had no subscribers): read it from the
-    /// log.
+    /// The hub skipped the log up to `to` (it had no subscribers): read what follows your
+    /// position, up to `to`, from the log.
     Jump { to: i64 },
 }
 

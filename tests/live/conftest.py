@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import importlib.util
 import json
 import os
 import re
@@ -42,25 +41,10 @@ import requests
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 
-_spec = importlib.util.spec_from_file_location("faults_harness", REPO / "tests" / "faults" / "conftest.py")
-faults_harness = importlib.util.module_from_spec(_spec)
-sys.modules["faults_harness"] = faults_harness
-_spec.loader.exec_module(faults_harness)
+sys.path.insert(0, str(REPO / "tests" / "lib"))
+from harness import export_faults_harness  # noqa: E402
 
-for _name in dir(faults_harness):
-    if not _name.startswith("_") and _name not in ("annotations",):
-        globals().setdefault(_name, getattr(faults_harness, _name))
-
-gateways = faults_harness.gateways
-pg_db = faults_harness.pg_db
-Service = faults_harness.Service
-Gateways = faults_harness.Gateways
-wait_until = faults_harness.wait_until
-metric_value = faults_harness.metric_value
-free_port = faults_harness.free_port
-psql = faults_harness.psql
-TERMINAL = faults_harness.TERMINAL
-PROBLEM = faults_harness.PROBLEM
+faults_harness = export_faults_harness(globals())
 
 REQUESTED_BY = "live@example.com"
 TERMINAL_EVENTS = ("finished", "canceled")

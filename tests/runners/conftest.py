@@ -24,7 +24,6 @@ Auth is off (no GATEWAY_AUTH_TOKENS_FILE), as in tests/faults. Every wait is bou
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -40,33 +39,10 @@ REPO = HERE.parent.parent
 if str(HERE) not in sys.path:  # so tests can `from fakes.awx import FakeAwx`
     sys.path.insert(0, str(HERE))
 
-_spec = importlib.util.spec_from_file_location("faults_harness", REPO / "tests" / "faults" / "conftest.py")
-faults_harness = importlib.util.module_from_spec(_spec)
-sys.modules["faults_harness"] = faults_harness
-_spec.loader.exec_module(faults_harness)
+sys.path.insert(0, str(REPO / "tests" / "lib"))
+from harness import export_faults_harness  # noqa: E402
 
-# Re-export every public name (fixtures must be bound in this module's namespace to be found).
-for _name in dir(faults_harness):
-    if not _name.startswith("_") and _name not in ("annotations",):
-        globals().setdefault(_name, getattr(faults_harness, _name))
-
-gateways = faults_harness.gateways
-pg_db = faults_harness.pg_db
-Service = faults_harness.Service
-Gateways = faults_harness.Gateways
-wait_until = faults_harness.wait_until
-job_status = faults_harness.job_status
-wait_statuses = faults_harness.wait_statuses
-metric_value = faults_harness.metric_value
-problem_violations = faults_harness.problem_violations
-parse_log = faults_harness.parse_log
-field_of = faults_harness.field_of
-message_of = faults_harness.message_of
-level_of = faults_harness.level_of
-free_port = faults_harness.free_port
-psql = faults_harness.psql
-TERMINAL = faults_harness.TERMINAL
-PROBLEM = faults_harness.PROBLEM
+faults_harness = export_faults_harness(globals())
 
 REQUESTED_BY = "runners@example.com"
 

@@ -18,7 +18,6 @@ Every wait is bounded. Only 127.0.0.1 is contacted.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import re
@@ -41,22 +40,10 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 
-_spec = importlib.util.spec_from_file_location("faults_harness", REPO / "tests" / "faults" / "conftest.py")
-faults_harness = importlib.util.module_from_spec(_spec)
-sys.modules["faults_harness"] = faults_harness
-_spec.loader.exec_module(faults_harness)
+sys.path.insert(0, str(REPO / "tests" / "lib"))
+from harness import export_faults_harness  # noqa: E402
 
-# Re-export every public name (fixtures must be bound in this module's namespace to be found).
-for _name in dir(faults_harness):
-    if not _name.startswith("_") and _name not in ("annotations",):
-        globals().setdefault(_name, getattr(faults_harness, _name))
-
-gateways = faults_harness.gateways
-Service = faults_harness.Service
-Gateways = faults_harness.Gateways
-gateway_bin = faults_harness.gateway_bin
-wait_until = faults_harness.wait_until
-TERMINAL = faults_harness.TERMINAL
+faults_harness = export_faults_harness(globals())
 
 CHROMIUM = os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER_BIN", "/usr/bin/chromedriver")
