@@ -89,6 +89,7 @@ impl App {
 
     /// `build`, with these actions.
     pub async fn build_with(config: Config, catalog: ActionCatalog) -> Result<Self, AppError> {
+        crate::install_tls_provider();
         let auth = match &config.http.auth_tokens_file {
             Some(path) => {
                 let auth = Authenticator::from_file(path, &catalog.actions())?;

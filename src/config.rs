@@ -7,9 +7,12 @@ use clap::{Parser, Subcommand};
 
 use crate::{api, executor, store, telemetry};
 
+/// `--version`: the release and the commit it was built from (see build.rs).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("GATEWAY_GIT_COMMIT"), ")");
+
 /// automation-gateway: a durable job API for automation actions, with business metrics.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version = VERSION, about, long_about = None)]
 pub struct Cli {
     /// What to do; `serve` when omitted.
     #[command(subcommand)]
@@ -106,6 +109,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "GATEWAY_TOKEN",
     "GATEWAY_TOKEN_FILE",
     "LOKI_URL",
+    "GATEWAY_LOKI_TENANT",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "GATEWAY_ENV",
     "RUST_LOG",

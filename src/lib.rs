@@ -19,6 +19,18 @@ pub mod store;
 pub mod telemetry;
 
 pub use app::{App, AppError, shutdown_signal};
+
+/// Makes ring the process's rustls crypto provider; later calls do nothing. The binary carries
+/// one provider (sqlx and the Loki exporter pin ring), and the other HTTP clients are built
+/// without one of their own, so whatever builds a client (the binary, an embedding, a test)
+/// calls this first.
+pub fn install_tls_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err only when another provider was installed first, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
 pub use config::Config;
 
 /// The OpenAPI document as JSON.

@@ -8,9 +8,9 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // Two TLS stacks' crypto providers are linked (the runners' and the OTLP exporter's
-    // clients); naming one keeps rustls from refusing to pick.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // One crypto provider (ring) serves every TLS client in the binary (a second one, aws-lc,
+    // would add ~2 MB of code).
+    automation_gateway::install_tls_provider();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -86,7 +86,7 @@ fn init(config: &Config) -> anyhow::Result<telemetry::TelemetryGuard> {
     for name in Config::unknown_env_vars() {
         tracing::warn!(variable = %name, "unknown GATEWAY_* environment variable ignored (typo?)");
     }
-    tracing::info!(config = %config.summary(), version = env!("CARGO_PKG_VERSION"), "starting");
+    tracing::info!(config = %config.summary(), version = env!("CARGO_PKG_VERSION"), commit = env!("GATEWAY_GIT_COMMIT"), "starting");
     Ok(guard)
 }
 

@@ -145,6 +145,7 @@ impl Failure {
 
 /// Runs one `jobs` command and returns its exit code.
 pub async fn run(args: ClientArgs, command: JobsCommand) -> ExitCode {
+    crate::install_tls_provider();
     match Client::new(&args).map(|c| (c, args.output)) {
         Ok((client, out)) => match execute(&client, out, command).await {
             Ok(code) => ExitCode::from(code),

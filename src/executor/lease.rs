@@ -170,8 +170,14 @@ async fn resume(ctx: &Ctx, lost: &store::LostJob, all_running: bool) -> Result<(
 
 /// PostgreSQL LISTEN: wakes the dispatcher when any replica enqueues, and cancels local
 /// attempts when any replica asks. Polling covers the gaps while the connection is down.
-pub(super) async fn listen_loop(ctx: Arc<Ctx>, pool: sqlx::PgPool, stop: CancellationToken) {
+///
+/// Each new connection notifies itself once through the pool, as another replica would: a
+/// transaction-mode pooler (PgBouncer, RDS Proxy) accepts LISTEN but never delivers, and then
+/// only polling finds other replicas' jobs and cancels. That is worth one warning.
+pub(super) async fn listen_loop(ctx: Arc<Ctx>, pool: sqlx::PgPool, poll: Duration, stop: CancellationToken) {
     let wake = ctx.store.enqueued_signal();
+    let probe_id = ctx.owner.to_string();
+    let mut warned = false;
     loop {
         let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -183,22 +189,51 @@ pub(super) async fn listen_loop(ctx: Arc<Ctx>, pool: sqlx::PgPool, stop: Cancell
                 }
             }
         };
-        if let Err(e) = listener.listen_all([store::JOBS_CHANNEL, store::CANCEL_CHANNEL]).await {
+        if let Err(e) = listener.listen_all([store::JOBS_CHANNEL, store::CANCEL_CHANNEL, store::PROBE_CHANNEL]).await {
             tracing::debug!(error = %e, "LISTEN failed");
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
         // Anything sent while we were not listening is picked up by one claim now.
         wake.notify_one();
+        let mut probe_deadline = match sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(store::PROBE_CHANNEL)
+            .bind(&probe_id)
+            .execute(&pool)
+            .await
+        {
+            Ok(_) => Some(tokio::time::Instant::now() + PROBE_WAIT),
+            Err(e) => {
+                tracing::debug!(error = %e, "LISTEN probe not sent");
+                None
+            }
+        };
         loop {
+            let deadline = probe_deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             let msg = tokio::select! {
                 m = listener.try_recv() => m,
+                _ = tokio::time::sleep_until(deadline), if probe_deadline.is_some() => {
+                    probe_deadline = None;
+                    if !warned {
+                        warned = true;
+                        tracing::warn!(
+                            poll_interval_ms = poll.as_millis() as u64,
+                            "PostgreSQL notifications do not reach this replica (a transaction-mode pooler such as PgBouncer or RDS Proxy?): other replicas' jobs and cancels are found by polling, up to poll_interval_ms late; connect to PostgreSQL directly or through a session-mode pooler"
+                        );
+                    }
+                    continue;
+                }
                 _ = stop.cancelled() => return,
             };
             match msg {
                 Ok(Some(n)) if n.channel() == store::CANCEL_CHANNEL => {
                     if let Ok(id) = n.payload().parse::<Uuid>() {
                         cancel_local(&ctx, &[JobId(id)]);
+                    }
+                }
+                Ok(Some(n)) if n.channel() == store::PROBE_CHANNEL => {
+                    if n.payload() == probe_id && probe_deadline.take().is_some() {
+                        tracing::debug!("LISTEN/NOTIFY verified");
                     }
                 }
                 Ok(Some(_)) => wake.notify_one(),
@@ -208,3 +243,6 @@ pub(super) async fn listen_loop(ctx: Arc<Ctx>, pool: sqlx::PgPool, stop: Cancell
         }
     }
 }
+
+/// How long a replica waits for its own probe notification before it warns.
+const PROBE_WAIT: Duration = Duration::from_secs(5);

@@ -153,7 +153,8 @@ impl Executor {
             background.spawn(maintenance::retention_loop(ctx.clone(), keep, every, stop_claiming.clone()));
         }
         if let Some(pool) = store.pg_pool() {
-            background.spawn(lease::listen_loop(ctx.clone(), pool, stop_claiming.clone()));
+            let poll = Duration::from_millis(config.poll_interval_ms);
+            background.spawn(lease::listen_loop(ctx.clone(), pool, poll, stop_claiming.clone()));
         }
         let dispatcher = tokio::spawn(dispatch::dispatch_loop(
             ctx.clone(),

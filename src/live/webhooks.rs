@@ -261,6 +261,7 @@ pub async fn deliver_loop(
     owner: Uuid,
     stop: CancellationToken,
 ) -> Result<(), SetupError> {
+    crate::install_tls_provider();
     let mut builder = reqwest::Client::builder()
         .timeout(hooks.inner.timeout)
         .redirect(reqwest::redirect::Policy::none())

@@ -33,6 +33,9 @@ pub use webhooks::{DueWebhook, NextTry, WebhookLog, WebhookTry};
 pub const JOBS_CHANNEL: &str = "automation_gateway_jobs";
 /// Channel carrying the id of a job whose cancel was requested.
 pub const CANCEL_CHANNEL: &str = "automation_gateway_cancel";
+/// Channel a replica notifies itself on once per LISTEN connection, to learn whether
+/// notifications reach it at all (they do not through a transaction-mode pooler).
+pub const PROBE_CHANNEL: &str = "automation_gateway_probe";
 
 /// The advisory lock migrations run under on PostgreSQL ("agmigrat").
 const MIGRATION_LOCK_KEY: i64 = 0x6167_6d69_6772_6174;

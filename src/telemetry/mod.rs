@@ -88,6 +88,8 @@ fn log_directives(filter: &str) -> String {
 /// Installs the global subscriber: JSON lines on stdout, and Loki when configured. Loki gets
 /// only low-cardinality labels (app, env, level); job ids travel as fields.
 pub fn init_logs(config: &Settings) -> Result<TelemetryGuard, LogError> {
+    // The OTLP exporter builds its HTTP client below.
+    crate::install_tls_provider();
     let directives = log_directives(&config.log);
     let filter = EnvFilter::try_new(&directives).map_err(|e| LogError::Filter(e.to_string()))?;
     let format = tracing_subscriber::fmt::format()
@@ -103,12 +105,17 @@ pub fn init_logs(config: &Settings) -> Result<TelemetryGuard, LogError> {
         .event_format(trace::WithTraceIds { on: config.otlp_endpoint.is_some(), format });
     let loki = match &config.loki_url {
         Some(url) => {
-            let (layer, task) = tracing_loki::builder()
+            let builder = tracing_loki::builder()
                 .label("app", "automation-gateway")
                 .and_then(|b| b.label("env", config.env_name.as_str()))
-                .map_err(|e| LogError::Loki(e.to_string()))?
-                .build_url(url.clone())
                 .map_err(|e| LogError::Loki(e.to_string()))?;
+            let builder = match &config.loki_tenant {
+                Some(tenant) => {
+                    builder.http_header("X-Scope-OrgID", tenant).map_err(|e| LogError::Loki(e.to_string()))?
+                }
+                None => builder,
+            };
+            let (layer, task) = builder.build_url(url.clone()).map_err(|e| LogError::Loki(e.to_string()))?;
             tokio::spawn(task);
             Some(layer)
         }

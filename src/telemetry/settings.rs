@@ -8,6 +8,11 @@ pub struct Settings {
     #[arg(long, env = "LOKI_URL")]
     pub loki_url: Option<url::Url>,
 
+    /// Loki tenant, sent as `X-Scope-OrgID` with every push. Loki in multi-tenant mode (the
+    /// Loki Helm chart's default) answers 401 without it.
+    #[arg(long, env = "GATEWAY_LOKI_TENANT")]
+    pub loki_tenant: Option<String>,
+
     /// Export traces (HTTP requests and job attempts) over OTLP/HTTP to this collector base URL,
     /// e.g. `http://tempo:4318` (spans go to `/v1/traces`); off when unset.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]

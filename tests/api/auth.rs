@@ -164,7 +164,7 @@ async fn tokens_never_reach_the_log_and_audit_lines_carry_who_what_and_outcome()
     let db = TestDb::new(Backend::Sqlite).await;
     let gw =
         Gateway::start(&db.url, &[("GATEWAY_AUTH_TOKENS_FILE", path.to_str().unwrap()), ("RUST_LOG", "debug")]).await;
-    let client = reqwest::Client::new();
+    let client = http_client();
     let post = |token: &'static str| {
         client.post(format!("{}/v1/jobs", gw.addr)).bearer_auth(token).json(&job_body("health_check", 1, false)).send()
     };

@@ -42,6 +42,20 @@ fn help_documents_every_setting() {
 }
 
 #[test]
+fn version_names_the_release_and_the_commit() {
+    let out = Command::new(BIN).arg("--version").output().expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(env!("CARGO_PKG_VERSION")), "{text}");
+    // Built from a git checkout (as the tests are), the commit is HEAD's, unless the build
+    // was handed GIT_COMMIT.
+    let head = Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).output().expect("git");
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
+    let expected = std::env::var("GIT_COMMIT").map(|c| c.chars().take(12).collect()).unwrap_or(head);
+    assert!(text.trim() == format!("automation-gateway {} (commit {expected})", env!("CARGO_PKG_VERSION")), "{text}");
+}
+
+#[test]
 fn openapi_subcommand_prints_the_spec_without_a_database() {
     let out = Command::new(BIN)
         .env_clear()
@@ -69,7 +83,7 @@ async fn unknown_variables_are_warned_about_and_passwords_never_printed() {
     // Trust auth ignores the password, so the URL works and its secret must still not leak.
     let url = db.url.replacen("postgres@", "postgres:hunter2-secret@", 1);
     let gw = Gateway::start(&url, &[("GATEWAY_WROKERS", "3")]).await;
-    let id = post_many(&reqwest::Client::new(), &gw.addr, vec![job_body("health_check", 1, false)], 1).await;
+    let id = post_many(&http_client(), &gw.addr, vec![job_body("health_check", 1, false)], 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let log = gw.log.lock().unwrap().join("\n");
@@ -133,7 +147,7 @@ async fn traces_are_exported_over_otlp_http() {
     let gw =
         Gateway::start(&db.url, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &collector), ("OTEL_BSP_SCHEDULE_DELAY", "200")])
             .await;
-    let ids = post_many(&reqwest::Client::new(), &gw.addr, vec![job_body("rotate_config", 1, false)], 1).await;
+    let ids = post_many(&http_client(), &gw.addr, vec![job_body("rotate_config", 1, false)], 1).await;
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
@@ -160,8 +174,10 @@ async fn traces_are_exported_over_otlp_http() {
 async fn logs_are_pushed_to_loki_with_low_cardinality_labels() {
     let (loki, mut pushes) = receiver().await;
     let db = TestDb::new(Backend::Sqlite).await;
-    let gw = Gateway::start(&db.url, &[("LOKI_URL", &loki), ("GATEWAY_ENV", "ci")]).await;
-    let ids = post_many(&reqwest::Client::new(), &gw.addr, vec![job_body("restart_service", 1, false)], 1).await;
+    let gw =
+        Gateway::start(&db.url, &[("LOKI_URL", &loki), ("GATEWAY_ENV", "ci"), ("GATEWAY_LOKI_TENANT", "platform")])
+            .await;
+    let ids = post_many(&http_client(), &gw.addr, vec![job_body("restart_service", 1, false)], 1).await;
     let job_id = ids[0].to_string();
 
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -179,6 +195,8 @@ async fn logs_are_pushed_to_loki_with_low_cardinality_labels() {
     };
 
     assert!(head.to_ascii_lowercase().contains("content-type: application/x-protobuf"), "{head}");
+    // Multi-tenant Loki (its Helm chart's default) answers 401 to a push without the tenant.
+    assert!(head.to_ascii_lowercase().contains("x-scope-orgid: platform"), "{head}");
     assert!(seen.contains("app=\"automation-gateway\""), "app label");
     assert!(seen.contains("env=\"ci\""), "env label");
     assert!(seen.contains("level=\"info\""), "level label");

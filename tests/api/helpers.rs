@@ -131,7 +131,7 @@ impl TestApp {
             .await
             .expect("app runs");
         });
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+        let client = http_client_builder().timeout(Duration::from_secs(30)).build().expect("client");
         Self { addr, client, _db: db, stop: Some(stop), handle: Some(handle) }
     }
 
@@ -293,7 +293,7 @@ impl Gateway {
             }
         });
         let addr = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
+        let client = http_client();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = client.get(format!("{addr}/readyz")).send().await
@@ -400,4 +400,15 @@ pub async fn post_many(client: &reqwest::Client, addr: &str, bodies: Vec<Value>,
         .buffer_unordered(concurrency)
         .collect()
         .await
+}
+
+/// An HTTP client for the tests; the gateway's TLS provider is installed first (reqwest is built
+/// without one of its own).
+pub fn http_client() -> reqwest::Client {
+    http_client_builder().build().expect("client")
+}
+
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    automation_gateway::install_tls_provider();
+    reqwest::Client::builder()
 }

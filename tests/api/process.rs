@@ -29,7 +29,7 @@ async fn wait_status(addr: &str, id: Uuid, wanted: &[&str], within: Duration) ->
 }
 
 async fn create(addr: &str, action: &str, ms: u64) -> Uuid {
-    let ids = post_many(&reqwest::Client::new(), addr, vec![job_body(action, ms, false)], 1).await;
+    let ids = post_many(&http_client(), addr, vec![job_body(action, ms, false)], 1).await;
     ids[0]
 }
 
@@ -79,7 +79,7 @@ async fn a_gateway_killed_mid_run_loses_no_accepted_job(backend: Backend) {
     let db = TestDb::new(backend).await;
     let env = [("GATEWAY_LEASE_SECS", "2"), ("GATEWAY_WORKERS", "8"), ("GATEWAY_SIM_DURATION_MS", "10-40")];
     let mut a = Gateway::start(&db.url, &env).await;
-    let client = reqwest::Client::new();
+    let client = http_client();
     let bodies: Vec<Value> = (0..300)
         .map(|i| {
             let mut b = job_body(["health_check", "rotate_config", "restart_service"][i % 3], 0, false);
@@ -109,7 +109,7 @@ async fn two_replicas_on_one_postgres_execute_each_job_exactly_once() {
     let env = [("GATEWAY_WORKERS", "16"), ("GATEWAY_SIM_DURATION_MS", "0")];
     let a = Gateway::start(&db.url, &env).await;
     let b = Gateway::start(&db.url, &env).await;
-    let client = reqwest::Client::new();
+    let client = http_client();
     let bodies = |n: usize| -> Vec<Value> { (0..n).map(|_| job_body("health_check", 0, false)).collect() };
 
     let (ia, ib) =
@@ -202,7 +202,7 @@ impl Drop for PgCluster {
 async fn a_database_outage_answers_503_with_retry_after_and_recovers() {
     let pg = PgCluster::start();
     let gw = Gateway::start(&pg.url(), &[("GATEWAY_SIM_DURATION_MS", "5")]).await;
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let client = http_client_builder().timeout(Duration::from_secs(20)).build().unwrap();
     let before = create(&gw.addr, "health_check", 5).await;
     wait_status(&gw.addr, before, &["SUCCESS"], Duration::from_secs(10)).await;
 

@@ -68,7 +68,7 @@ impl Router {
     fn watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
-            let client = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().unwrap();
+            let client = http_client_builder().timeout(Duration::from_millis(500)).build().unwrap();
             while !me.stop.load(Ordering::Relaxed) {
                 let list = me.replicas.lock().unwrap().clone();
                 for (addr, ready) in list {
@@ -91,7 +91,7 @@ async fn drive(router: Arc<Router>, total: usize, clients: usize, out: Arc<Mutex
     for _ in 0..clients {
         let (router, out, sent, run) = (router.clone(), out.clone(), sent.clone(), run.clone());
         tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+            let client = http_client_builder().timeout(Duration::from_secs(15)).build().unwrap();
             let deadline = Instant::now() + Duration::from_secs(120);
             loop {
                 let i = sent.fetch_add(1, Ordering::Relaxed);
@@ -299,7 +299,7 @@ async fn a_postgres_restart_mid_run_answers_503_and_every_replica_recovers() {
     load.await.unwrap();
     let total = out.lock().unwrap().accepted.len() as i64;
     let counts = wait_all_terminal(&url, Duration::from_secs(120)).await;
-    let client = reqwest::Client::new();
+    let client = http_client();
     for a in &addrs {
         let r = client.get(format!("{a}/readyz")).send().await.unwrap();
         assert_eq!(r.status(), 200, "{a} recovered by itself");

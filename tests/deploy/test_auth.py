@@ -28,7 +28,7 @@ def test_auth_is_on_by_default_with_the_tokens_secret_mounted_read_only():
     assert mounts["auth-tokens"]["readOnly"] is True
     vols = {v["name"]: v for v in pod["volumes"]}
     secret = vols["auth-tokens"]["secret"]
-    assert secret["secretName"] == "automation-gateway-tokens"
+    assert secret["secretName"] == "automation-gateway-generated-tokens"
     assert secret["items"] == [{"key": "tokens.yaml", "path": "tokens.yaml"}]
     assert secret["defaultMode"] & 0o007 == 0, "the tokens file must not be world-readable"
 
@@ -54,12 +54,12 @@ def test_the_migration_step_gets_no_tokens_volume():
     assert not any(v["name"] == "auth-tokens" for v in job["spec"]["template"]["spec"].get("volumes", []))
 
 
-def test_auth_enabled_needs_a_secret_name():
-    import helm_python as helm
-
-    with pytest.raises((helm.HelmValuesError, helm.HelmRenderError)) as exc:
-        render({"auth": {"enabled": True, "existingSecret": ""}})
-    assert "existingSecret" in str(exc.value)
+def test_auth_enabled_without_a_secret_name_generates_the_tokens_secret():
+    # Before, this was refused; now the chart creates the Secret once (tests/deploy/test_chart_traps.py).
+    docs = objects(render({"auth": {"enabled": True, "existingSecret": ""}}))
+    secret = one(docs, "Secret")
+    vols = {v["name"]: v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert vols["auth-tokens"]["secret"]["secretName"] == secret["metadata"]["name"]
 
 
 @pytest.mark.parametrize(
@@ -102,7 +102,8 @@ def test_metrics_require_token_is_refused_without_what_it_needs():
         render({"metrics": {"requireToken": True}})
     assert "metrics.scrapeToken.existingSecret" in str(exc.value)
     with pytest.raises(helm.HelmRenderError) as exc:
-        render({"auth": {"enabled": False}, "metrics": {"requireToken": True}, "serviceMonitor": {"enabled": False}})
+        render({"auth": {"enabled": False}, "metrics": {"requireToken": True}, "serviceMonitor": {"enabled": False},
+                "prometheusRule": {"enabled": False}})
     assert "auth.enabled" in str(exc.value)
-    # Without a ServiceMonitor no scrape Secret is needed.
-    render({"metrics": {"requireToken": True}, "serviceMonitor": {"enabled": False}})
+    # Without a ServiceMonitor (and so without the rules, which need it) no scrape Secret is needed.
+    render({"metrics": {"requireToken": True}, "serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False}})

@@ -3,6 +3,7 @@ written reason in charts/automation-gateway/README.md."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -73,3 +74,58 @@ def test_dockerfile_shape():
         assert secret_word not in text
     ignore = (REPO / ".dockerignore").read_text().split()
     assert "target" in ignore and ".git" in ignore
+
+
+# The distroless static base (gcr.io/distroless/static-debian12), "around 2 MiB" in the distroless
+# project's README; the image is this layer plus the one holding the static binary.
+DISTROLESS_STATIC_BYTES = 2 * 1024 * 1024
+# Where `make release-gateway` leaves the static (static-pie) release binary in this workplace.
+RELEASE_BINARY = Path(os.environ.get("CARGO_TARGET_DIR", "/var/tmp/ag-target")) / "x86_64-unknown-linux-gnu" / "release" / "automation-gateway"
+
+
+def _stages(text: str) -> list[tuple[str, str, str]]:
+    """(image, stage name, body) of each FROM of a Dockerfile."""
+    parts = re.split(r"^(FROM\s+.+)$", text, flags=re.M)
+    out = []
+    for head, body in zip(parts[1::2], parts[2::2]):
+        m = re.match(r"FROM\s+(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", head, re.I)
+        out.append((m.group(1), m.group(2) or "", body))
+    return out
+
+
+def test_dockerfile_release_image():
+    text = (REPO / "Dockerfile").read_text()
+    stages = _stages(text)
+    # Every base image pinned by tag and digest: the tag says what it is, the digest which one.
+    for image, name, _ in stages:
+        assert re.fullmatch(r"[\w.\-/]+:[\w.\-]+@sha256:[0-9a-f]{64}", image), f"stage {name}: {image} is not tag@sha256:digest"
+    runtime, _, body = stages[-1]
+    assert runtime.startswith("gcr.io/distroless/static-debian12:nonroot@"), f"runtime base is {runtime}"
+    users = re.findall(r"^USER\s+(\S+)", body, re.M)
+    assert users and users[-1] in ("65532:65532", "65532", "nonroot", "nonroot:nonroot"), users
+    # Nothing runs a shell at build or run time in the runtime stage (there is none): no RUN, and the
+    # entry point, command and any healthcheck are in exec form.
+    assert not re.search(r"^RUN\b", body, re.M), "the distroless runtime stage has no shell for RUN"
+    for instr in ("ENTRYPOINT", "CMD", "HEALTHCHECK CMD"):
+        for m in re.finditer(rf"^{instr}\s+(.+)$", body, re.M):
+            assert m.group(1).startswith("["), f"{instr} must use the exec form: {m.group(0)}"
+    # The binary needs no libc from the image: glibc linked statically, as `make release-gateway`.
+    build_body = stages[0][2]
+    assert 'RUSTFLAGS="-C target-feature=+crt-static"' in build_body
+    # Multi-arch with BuildKit: the target architecture picks the Rust target, both are supported,
+    # and the buildx command is documented.
+    assert re.search(r"^ARG TARGETARCH$", build_body, re.M)
+    assert "amd64) triple=x86_64-unknown-linux-gnu" in build_body and "arm64) triple=aarch64-unknown-linux-gnu" in build_body
+    assert re.search(r"^#\s+docker buildx build --platform linux/amd64,linux/arm64\b", text, re.M)
+    # The commit for `--version` reaches build.rs (the context has no .git).
+    assert re.search(r"^ARG GIT_COMMIT\b", build_body, re.M) and 'GIT_COMMIT="${GIT_COMMIT}"' in build_body
+    assert 'std::env::var("GIT_COMMIT")' in (REPO / "build.rs").read_text()
+
+    # Image size estimate (printed, not asserted): the static release binary plus the base layer.
+    if RELEASE_BINARY.is_file():
+        size = RELEASE_BINARY.stat().st_size
+        print(f"\nimage size estimate: {(size + DISTROLESS_STATIC_BYTES) / 2**20:.1f} MiB uncompressed = "
+              f"static binary {size / 2**20:.1f} MiB ({RELEASE_BINARY}) + distroless static ~{DISTROLESS_STATIC_BYTES / 2**20:.0f} MiB")
+    else:
+        print(f"\nimage size estimate: no static release binary at {RELEASE_BINARY} (make release-gateway builds it); "
+              f"base layer ~{DISTROLESS_STATIC_BYTES / 2**20:.0f} MiB")

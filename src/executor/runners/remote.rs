@@ -19,6 +19,7 @@ const QUOTED: usize = 300;
 
 /// A client for one runner: connections are reused across its runs.
 pub(super) fn client(extra_root: Option<reqwest::Certificate>) -> Result<reqwest::Client, String> {
+    crate::install_tls_provider();
     let mut b = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(REQUEST_TIMEOUT)
