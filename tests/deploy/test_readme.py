@@ -76,3 +76,65 @@ def test_every_repository_path_the_readme_names_exists():
         if not exists(token):
             missing.append(token)
     assert not missing, f"README.md names files that are not in the repository: {sorted(missing)}"
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _json_keys(fragment: str) -> set[str]:
+    return set(re.findall(r'"([a-z_]+)":', fragment))
+
+
+def test_try_it_shows_what_the_service_really_answers(tmp_path):
+    """The "Try it" examples' answers have the fields the real binary returns: /readyz carries
+    `auth`, and a job read back has every field of the example (no more, no fewer)."""
+    import json
+    import os
+    import time
+    import urllib.request
+
+    binary = os.environ.get("GATEWAY_BIN", "")
+    if not (binary and os.access(binary, os.X_OK)):
+        pytest.fail(f"GATEWAY_BIN={binary!r} is not an executable: set it to the built service binary")
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Try it"):text.index("## Quick start with Docker Compose")]
+    readyz_line = next(line for line in section.splitlines() if line.startswith("curl -s localhost:8000/readyz"))
+    job_example = section[section.index("# Status of one job."):section.index("# List, newest first")]
+    job_example = "\n".join(l for l in job_example.splitlines() if l.startswith("# ") and '":' in l)
+    # Top-level fields only: the example's nested objects (parameters, result) are its own.
+    example_fields = _json_keys(re.sub(r"\{[^{}]*\}", "{}", job_example.replace("\n# ", "").lstrip("# ")[1:]))
+
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_") and k != "DATABASE_URL"}
+    env.update(GATEWAY_LISTEN=f"127.0.0.1:{port}", DATABASE_URL=f"sqlite://{tmp_path}/try.db?mode=rwc",
+               GATEWAY_SIM_DURATION_MS="10", GATEWAY_SIM_FAILURE_RATE="0")
+    log = open(tmp_path / "gateway.log", "wb")
+    proc = subprocess.Popen([binary], env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                readyz = json.load(urllib.request.urlopen(base + "/readyz", timeout=2))
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the gateway did not become ready: " + (tmp_path / "gateway.log").read_text()[-2000:])
+        body = json.dumps({"action": "restart_service", "target": "demo-api", "requested_by": "student@example.com",
+                           "parameters": {"service": "demo-api"}}).encode()
+        req = urllib.request.Request(base + "/v1/jobs", data=body, headers={"content-type": "application/json"})
+        job_id = json.load(urllib.request.urlopen(req, timeout=5))["job_id"]
+        job = json.load(urllib.request.urlopen(f"{base}/v1/jobs/{job_id}?wait=10s", timeout=15))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+    assert set(readyz) <= _json_keys(readyz_line), f"/readyz answers {readyz}; the README shows: {readyz_line}"
+    assert job["status"] == "SUCCESS"
+    assert example_fields == set(job), (
+        f"README GET example fields differ from the real answer: missing {set(job) - example_fields}, "
+        f"extra {example_fields - set(job)}")
