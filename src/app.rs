@@ -146,7 +146,7 @@ impl App {
     ) -> Result<(), AppError> {
         let local = listener.local_addr()?;
         tracing::info!(addr = %local, "serving HTTP");
-        let state = api::State {
+        let parts = api::Parts {
             store: self.store.clone(),
             executor: self.executor.clone(),
             catalog: self.catalog.clone(),
@@ -179,7 +179,7 @@ impl App {
             ))
         });
         let routes = api::routes(
-            state,
+            parts,
             self.config.http.max_body_bytes as usize,
             Duration::from_secs(self.config.http.request_timeout_secs),
         );

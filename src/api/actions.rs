@@ -5,16 +5,20 @@ use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::payload::Json;
 
+use super::ApiTags;
+use super::auth::require;
 use super::auth::{Caller, Need};
 use super::model::{ActionListOut, ActionOut};
 use super::problem::RETRY_AFTER_SECS;
 use super::request_id::ReqId;
 use super::responses::problem_responses;
-use super::{ApiTags, State};
 use crate::auth::Identity;
+use crate::executor::ActionCatalog;
 
-/// The `/v1/actions` operation.
-pub struct ActionsApi;
+/// The `/v1/actions` operation, over the catalog.
+pub struct ActionsApi {
+    pub(super) catalog: ActionCatalog,
+}
 
 problem_responses! {
     /// Errors of `GET /v1/actions`.
@@ -35,14 +39,13 @@ impl ActionsApi {
     #[oai(path = "/actions", method = "get", operation_id = "actions.list")]
     async fn list(
         &self,
-        state: Data<&State>,
         _caller: Caller,
         identity: Data<&Identity>,
         request_id: ReqId,
     ) -> Result<Json<ActionListOut>, ActionsError> {
-        state.require(identity.0, Need::Read, "actions.list", &request_id.to_string()).map_err(ActionsError::from)?;
+        require(identity.0, Need::Read, "actions.list", &request_id.to_string()).map_err(ActionsError::from)?;
         let actions =
-            state.catalog.entries().iter().filter(|e| identity.0.in_scope(e.action)).map(ActionOut::from).collect();
+            self.catalog.entries().iter().filter(|e| identity.0.in_scope(e.action)).map(ActionOut::from).collect();
         Ok(Json(ActionListOut { actions }))
     }
 }

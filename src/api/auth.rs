@@ -5,13 +5,13 @@
 //! Authorize button works). Tokens themselves are never logged.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use poem::http::{HeaderValue, StatusCode, header};
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
 use poem_openapi::SecurityScheme;
 use poem_openapi::auth::Bearer;
 
-use super::State;
 use super::problem::{Problem, response};
 use super::request_id::ReqId;
 use crate::auth::{Identity, Refusal, bearer_token};
@@ -55,20 +55,34 @@ pub enum Need {
 /// is off every caller is `anonymous`), `/metrics` when it needs a token. A refused caller gets
 /// its 401 (or 429) as soon as its headers are in; its body is never read, so an anonymous
 /// client cannot make the service buffer anything, and learns nothing about the input rules.
-pub struct Gate(pub State);
+#[derive(Clone)]
+pub struct Gate {
+    /// Who may call.
+    pub auth: crate::auth::Authenticator,
+    /// The per-identity rate limit (per client address while authentication is off).
+    pub limiter: Arc<crate::auth::RateLimiter>,
+    /// Failed authentications allowed per client address.
+    pub failures: Arc<crate::auth::RateLimiter>,
+    /// Log lines about failed authentications allowed per second.
+    pub failure_log: Arc<crate::auth::LogBudget>,
+    /// Whether `/metrics` needs a token too.
+    pub metrics_require_token: bool,
+    /// Failed authentications are counted.
+    pub metrics: Arc<crate::telemetry::Metrics>,
+}
 
 impl<E: Endpoint> Middleware<E> for Gate {
     type Output = GateEndpoint<E>;
 
     fn transform(&self, inner: E) -> Self::Output {
-        GateEndpoint { inner, state: self.0.clone() }
+        GateEndpoint { inner, state: self.clone() }
     }
 }
 
 /// The wrapped endpoint.
 pub struct GateEndpoint<E> {
     inner: E,
-    state: State,
+    state: Gate,
 }
 
 impl<E: Endpoint> Endpoint for GateEndpoint<E> {
@@ -146,7 +160,7 @@ fn closing_if_body(req: &Request, mut resp: Response) -> Response {
 
 // A Problem is built only when a request is refused; boxing it would buy nothing.
 #[allow(clippy::result_large_err)]
-impl State {
+impl Gate {
     /// A failed authentication: 401, or 429 once this address has failed too often. Every one
     /// is counted; log lines are capped (a flood must not become a flood of log lines).
     fn refuse(&self, req: &Request, client: Option<IpAddr>, reason: AuthFailure) -> Response {
@@ -185,29 +199,24 @@ impl State {
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(super::jobs::BEARER));
         closing_if_body(req, resp)
     }
+}
 
-    /// Checks the right an operation needs (403).
-    pub(crate) fn require(
-        &self,
-        identity: &Identity,
-        need: Need,
-        operation: &str,
-        request_id: &str,
-    ) -> Result<(), Problem> {
-        let allowed = match need {
-            Need::Create(action) => identity.may_create(action),
-            Need::Read => identity.may_read(),
-            Need::Cancel => identity.may_cancel(),
-        };
-        if allowed {
-            return Ok(());
-        }
-        let what = match need {
-            Need::Create(a) => format!("trigger {a}"),
-            Need::Read => "read jobs".into(),
-            Need::Cancel => "cancel jobs".into(),
-        };
-        tracing::warn!(event = "auth.forbidden", identity = %identity.name, operation, request_id, "permission denied");
-        Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", format!("token '{}' may not {what}", identity.name)))
+/// Checks the right an operation needs (403).
+#[allow(clippy::result_large_err)]
+pub(crate) fn require(identity: &Identity, need: Need, operation: &str, request_id: &str) -> Result<(), Problem> {
+    let allowed = match need {
+        Need::Create(action) => identity.may_create(action),
+        Need::Read => identity.may_read(),
+        Need::Cancel => identity.may_cancel(),
+    };
+    if allowed {
+        return Ok(());
     }
+    let what = match need {
+        Need::Create(a) => format!("trigger {a}"),
+        Need::Read => "read jobs".into(),
+        Need::Cancel => "cancel jobs".into(),
+    };
+    tracing::warn!(event = "auth.forbidden", identity = %identity.name, operation, request_id, "permission denied");
+    Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", format!("token '{}' may not {what}", identity.name)))
 }

@@ -10,25 +10,35 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 use uuid::Uuid;
 
+use super::ApiTags;
+use super::auth::require;
 use super::auth::{Caller, Need};
-use super::commands;
+use super::commands::Commands;
 use super::json::JsonOut;
 use super::model::{CreateJobIn, JobAcceptedOut, JobEventOut, JobOut, JobPageOut, JobStatusOut};
 use super::problem::{Problem, RETRY_AFTER_SECS};
 use super::responses::problem_responses;
 use super::strict::StrictJson;
-use super::{ApiTags, State};
 use crate::auth::Identity;
 use crate::jobs::{JobId, JobStatus};
+use crate::live::EventHub;
 use crate::store::JobFilter;
+use crate::store::Store;
 
 /// How long a cancel waits for a running job to stop before answering.
 const CANCEL_WAIT: Duration = Duration::from_secs(5);
 /// Longest long-poll `wait`.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
-/// The `/v1/jobs` operations.
-pub struct JobsApi;
+/// The `/v1/jobs` operations, with what they use.
+pub struct JobsApi {
+    pub(super) commands: Commands,
+    pub(super) store: Store,
+    pub(super) catalog: crate::executor::ActionCatalog,
+    pub(super) hub: EventHub,
+    /// Longest long-poll (below the request timeout, which would cut it).
+    pub(super) max_wait: Duration,
+}
 
 /// Answers of `POST /v1/jobs`.
 #[derive(ApiResponse)]
@@ -169,7 +179,6 @@ impl JobsApi {
     #[allow(clippy::too_many_arguments)]
     async fn create(
         &self,
-        state: Data<&State>,
         _caller: Caller,
         identity: Data<&Identity>,
         request_id: ReqId,
@@ -183,7 +192,9 @@ impl JobsApi {
     ) -> Result<CreateResponse, CreateError> {
         let key = idempotency_key(raw).map_err(CreateError::from)?;
         let traceparent = raw.headers().get("traceparent").and_then(|v| v.to_str().ok());
-        let out = commands::create_job(&state, identity.0, &request_id.to_string(), body.0, key, traceparent)
+        let out = self
+            .commands
+            .create_job(identity.0, &request_id.to_string(), body.0, key, traceparent)
             .await
             .map_err(CreateError::from)?;
         let location = format!("/v1/jobs/{}", out.id);
@@ -198,7 +209,6 @@ impl JobsApi {
     #[oai(path = "/jobs/:job_id", method = "get", operation_id = "jobs.get")]
     async fn get(
         &self,
-        state: Data<&State>,
         _caller: Caller,
         identity: Data<&Identity>,
         request_id: ReqId,
@@ -210,16 +220,16 @@ impl JobsApi {
         #[oai(validator(max_length = 16))]
         wait: Query<Option<String>>,
     ) -> Result<JsonOut<JobOut>, GetError> {
-        state.require(identity.0, Need::Read, "jobs.get", &request_id.to_string()).map_err(GetError::from)?;
+        require(identity.0, Need::Read, "jobs.get", &request_id.to_string()).map_err(GetError::from)?;
         let id = JobId(job_id.0);
         let wait = match wait.0.as_deref() {
             None => None,
             Some(w) => match super::live::parse_wait(w) {
-                Some(d) if d <= MAX_WAIT => Some(d.min(state.max_wait)),
+                Some(d) if d <= MAX_WAIT => Some(d.min(self.max_wait)),
                 _ => return Err(Problem::bad_request("wait", "a duration up to 60s: 500ms, 30s, 1m or seconds").into()),
             },
         };
-        let job = visible_job(&state, identity.0, id).await.map_err(GetError::from)?;
+        let job = visible_job(&self.store, identity.0, id).await.map_err(GetError::from)?;
         let Some(wait) = wait.filter(|_| !job.status.is_terminal()) else { return Ok(JsonOut(job.into())) };
         // Follows the job's events from the start of its log, so a terminal event written since
         // the read above is seen at once.
@@ -229,7 +239,7 @@ impl JobsApi {
             until_terminal: true,
             only_stored: false,
         };
-        let mut rx = crate::live::follow(&state.hub, Some(0), filter).await.map_err(problem::<GetError>)?;
+        let mut rx = crate::live::follow(&self.hub, Some(0), filter).await.map_err(problem::<GetError>)?;
         let _ = tokio::time::timeout(wait, async {
             while let Some(e) = rx.recv().await {
                 if e.kind.is_terminal() {
@@ -238,7 +248,7 @@ impl JobsApi {
             }
         })
         .await;
-        Ok(JsonOut(visible_job(&state, identity.0, id).await.map_err(GetError::from)?.into()))
+        Ok(JsonOut(visible_job(&self.store, identity.0, id).await.map_err(GetError::from)?.into()))
     }
 
     /// A job's events
@@ -250,17 +260,16 @@ impl JobsApi {
     #[oai(path = "/jobs/:job_id/events", method = "get", operation_id = "jobs.events")]
     async fn events(
         &self,
-        state: Data<&State>,
         _caller: Caller,
         identity: Data<&Identity>,
         request_id: ReqId,
         /// The job's id.
         job_id: Path<Uuid>,
     ) -> Result<Json<Vec<JobEventOut>>, GetError> {
-        state.require(identity.0, Need::Read, "jobs.events", &request_id.to_string()).map_err(GetError::from)?;
+        require(identity.0, Need::Read, "jobs.events", &request_id.to_string()).map_err(GetError::from)?;
         let id = JobId(job_id.0);
-        visible_job(&state, identity.0, id).await.map_err(GetError::from)?;
-        let events = state.store.events(id, 0).await.map_err(problem::<GetError>)?;
+        visible_job(&self.store, identity.0, id).await.map_err(GetError::from)?;
+        let events = self.store.events(id, 0).await.map_err(problem::<GetError>)?;
         Ok(Json(events.iter().map(JobEventOut::from).collect()))
     }
 
@@ -273,7 +282,6 @@ impl JobsApi {
     #[allow(clippy::too_many_arguments)]
     async fn list(
         &self,
-        state: Data<&State>,
         _caller: Caller,
         identity: Data<&Identity>,
         request_id: ReqId,
@@ -296,7 +304,7 @@ impl JobsApi {
         cursor: Query<Option<String>>,
     ) -> Result<JsonOut<JobPageOut>, ListError> {
         let identity = identity.0;
-        state.require(identity, Need::Read, "jobs.list", &request_id.to_string()).map_err(ListError::from)?;
+        require(identity, Need::Read, "jobs.list", &request_id.to_string()).map_err(ListError::from)?;
         no_nul("target", &target.0).map_err(ListError::from)?;
         no_nul("requested_by", &requested_by.0).map_err(ListError::from)?;
         let before =
@@ -309,8 +317,7 @@ impl JobsApi {
         let action = match action.0.as_deref() {
             None => None,
             Some(name) => Some(
-                state
-                    .catalog
+                self.catalog
                     .resolve(name)
                     .map_err(|e| ListError::from(Problem::bad_request("action", e.to_string())))?,
             ),
@@ -327,7 +334,7 @@ impl JobsApi {
             requested_by: requested_by.0,
             before,
         };
-        let page = state.store.list(&filter, u64::from(limit.0.unwrap_or(50))).await.map_err(problem::<ListError>)?;
+        let page = self.store.list(&filter, u64::from(limit.0.unwrap_or(50))).await.map_err(problem::<ListError>)?;
         Ok(JsonOut(JobPageOut {
             items: page.items.into_iter().map(JobOut::from).collect(),
             next_cursor: page.next.map(encode_cursor),
@@ -343,14 +350,15 @@ impl JobsApi {
     #[oai(path = "/jobs/:job_id/cancel", method = "post", operation_id = "jobs.cancel")]
     async fn cancel(
         &self,
-        state: Data<&State>,
         _caller: Caller,
         identity: Data<&Identity>,
         request_id: ReqId,
         /// The job's id.
         job_id: Path<Uuid>,
     ) -> Result<CancelResponse, CancelError> {
-        let job = commands::cancel_job(&state, identity.0, &request_id.to_string(), JobId(job_id.0), CANCEL_WAIT)
+        let job = self
+            .commands
+            .cancel_job(identity.0, &request_id.to_string(), JobId(job_id.0), CANCEL_WAIT)
             .await
             .map_err(CancelError::from)?;
         if job.status == JobStatus::Running {
@@ -363,8 +371,8 @@ impl JobsApi {
 
 /// The job, if it exists and its action is within the caller's scope; 404 otherwise, so a token
 /// learns nothing about jobs it may not see.
-pub(super) async fn visible_job(state: &State, identity: &Identity, id: JobId) -> Result<crate::jobs::Job, Problem> {
-    match state.store.get(id).await {
+pub(super) async fn visible_job(store: &Store, identity: &Identity, id: JobId) -> Result<crate::jobs::Job, Problem> {
+    match store.get(id).await {
         Ok(job) if identity.in_scope(job.action) => Ok(job),
         Ok(_) | Err(crate::store::Error::NotFound) => Err(Problem::job_not_found(id)),
         Err(e) => Err(e.into()),

@@ -11,28 +11,41 @@ use poem_openapi::payload::{EventStream, Json};
 use poem_openapi::types::ToJSON;
 use uuid::Uuid;
 
+use super::ApiTags;
+use super::auth::require;
 use super::auth::{Caller, Need};
 use super::jobs::{GetError, ListError, visible_job};
 use super::model::{DeliveriesOut, JobEventOut, JobStatusOut, StatsOut};
 use super::problem::Problem;
 use super::request_id::ReqId;
-use super::{ApiTags, State};
 use crate::auth::Identity;
+use crate::executor::ActionCatalog;
 use crate::jobs::{JobId, JobStatus};
+use crate::live::EventHub;
 use crate::live::StreamFilter;
 use crate::store::EventFilter;
+use crate::store::Store;
 
-/// The live operations.
-pub struct LiveApi;
+/// The live operations, with what they use.
+pub struct LiveApi {
+    pub(super) store: Store,
+    pub(super) catalog: ActionCatalog,
+    pub(super) hub: EventHub,
+    /// Heartbeat period of event streams.
+    pub(super) heartbeat: std::time::Duration,
+}
 
 type Events = EventStream<BoxStream<'static, JobEventOut>>;
 
 /// An SSE response over a follower's channel: `id` is the log position, `event` the kind.
-fn sse(state: &State, rx: tokio::sync::mpsc::Receiver<std::sync::Arc<crate::jobs::JobEvent>>) -> Events {
+fn sse(
+    heartbeat: std::time::Duration,
+    rx: tokio::sync::mpsc::Receiver<std::sync::Arc<crate::jobs::JobEvent>>,
+) -> Events {
     let stream =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (JobEventOut::from(&*e), rx)) });
     EventStream::new(stream.boxed())
-        .keep_alive(state.heartbeat)
+        .keep_alive(heartbeat)
         .to_event(|e| Event::message(e.to_json_string()).id(e.id.to_string()).event_type(e.event.clone()))
 }
 
@@ -47,7 +60,6 @@ impl LiveApi {
     #[oai(path = "/jobs/:job_id/stream", method = "get", operation_id = "jobs.stream")]
     async fn job_stream(
         &self,
-        state: Data<&State>,
         _caller: Caller,
         identity: Data<&Identity>,
         request_id: ReqId,
@@ -57,19 +69,19 @@ impl LiveApi {
         #[oai(name = "Last-Event-ID")]
         last_event_id: Header<Option<i64>>,
     ) -> Result<Events, GetError> {
-        state.require(identity.0, Need::Read, "jobs.stream", &request_id.to_string()).map_err(GetError::from)?;
+        require(identity.0, Need::Read, "jobs.stream", &request_id.to_string()).map_err(GetError::from)?;
         let id = JobId(job_id.0);
-        let job = visible_job(&state, identity.0, id).await.map_err(GetError::from)?;
+        let job = visible_job(&self.store, identity.0, id).await.map_err(GetError::from)?;
         let filter = StreamFilter {
             events: EventFilter { job: Some(id), ..EventFilter::default() },
             status: None,
             until_terminal: true,
             only_stored: job.status.is_terminal(),
         };
-        let rx = crate::live::follow(&state.hub, Some(last_event_id.0.unwrap_or(0).max(0)), filter)
+        let rx = crate::live::follow(&self.hub, Some(last_event_id.0.unwrap_or(0).max(0)), filter)
             .await
             .map_err(|e| GetError::from(Problem::from(e)))?;
-        Ok(sse(&state, rx))
+        Ok(sse(self.heartbeat, rx))
     }
 
     /// Follow all jobs
@@ -84,7 +96,6 @@ impl LiveApi {
     #[allow(clippy::too_many_arguments)]
     async fn events_stream(
         &self,
-        state: Data<&State>,
         _caller: Caller,
         identity: Data<&Identity>,
         request_id: ReqId,
@@ -101,15 +112,14 @@ impl LiveApi {
         last_event_id: Header<Option<i64>>,
     ) -> Result<Events, ListError> {
         let identity = identity.0;
-        state.require(identity, Need::Read, "events.stream", &request_id.to_string()).map_err(ListError::from)?;
+        require(identity, Need::Read, "events.stream", &request_id.to_string()).map_err(ListError::from)?;
         if target.0.as_deref().is_some_and(|t| t.contains('\0')) {
             return Err(Problem::bad_request("target", "must not contain U+0000 (NUL)").into());
         }
         let action = match action.0.as_deref() {
             None => None,
             Some(name) => Some(
-                state
-                    .catalog
+                self.catalog
                     .resolve(name)
                     .map_err(|e| ListError::from(Problem::bad_request("action", e.to_string())))?,
             ),
@@ -122,8 +132,8 @@ impl LiveApi {
         };
         // Without a resume position: live only, from what the hub has published.
         let after = last_event_id.0.map(|id| id.max(0));
-        let rx = crate::live::follow(&state.hub, after, filter).await.map_err(|e| ListError::from(Problem::from(e)))?;
-        Ok(sse(&state, rx))
+        let rx = crate::live::follow(&self.hub, after, filter).await.map_err(|e| ListError::from(Problem::from(e)))?;
+        Ok(sse(self.heartbeat, rx))
     }
 
     /// A job's webhook deliveries
@@ -133,17 +143,16 @@ impl LiveApi {
     #[oai(path = "/jobs/:job_id/deliveries", method = "get", operation_id = "jobs.deliveries")]
     async fn deliveries(
         &self,
-        state: Data<&State>,
         _caller: Caller,
         identity: Data<&Identity>,
         request_id: ReqId,
         /// The job's id.
         job_id: Path<Uuid>,
     ) -> Result<Json<DeliveriesOut>, GetError> {
-        state.require(identity.0, Need::Read, "jobs.deliveries", &request_id.to_string()).map_err(GetError::from)?;
+        require(identity.0, Need::Read, "jobs.deliveries", &request_id.to_string()).map_err(GetError::from)?;
         let id = JobId(job_id.0);
-        visible_job(&state, identity.0, id).await.map_err(GetError::from)?;
-        let log = state.store.webhook_log(id).await.map_err(|e| GetError::from(Problem::from(e)))?;
+        visible_job(&self.store, identity.0, id).await.map_err(GetError::from)?;
+        let log = self.store.webhook_log(id).await.map_err(|e| GetError::from(Problem::from(e)))?;
         Ok(Json(log.into()))
     }
 
@@ -155,16 +164,15 @@ impl LiveApi {
     #[oai(path = "/stats", method = "get", operation_id = "jobs.stats")]
     async fn stats(
         &self,
-        state: Data<&State>,
         _caller: Caller,
         identity: Data<&Identity>,
         request_id: ReqId,
     ) -> Result<Json<StatsOut>, ListError> {
         let identity = identity.0;
-        state.require(identity, Need::Read, "jobs.stats", &request_id.to_string()).map_err(ListError::from)?;
-        let counts = state.store.counts().await.map_err(|e| ListError::from(Problem::from(e)))?;
+        require(identity, Need::Read, "jobs.stats", &request_id.to_string()).map_err(ListError::from)?;
+        let counts = self.store.counts().await.map_err(|e| ListError::from(Problem::from(e)))?;
         let mut out = StatsOut { queue_depth: 0, by_action: Default::default() };
-        for entry in state.catalog.entries().iter().filter(|e| identity.in_scope(e.action)) {
+        for entry in self.catalog.entries().iter().filter(|e| identity.in_scope(e.action)) {
             let zeros = JobStatus::ALL.iter().map(|s| (s.as_str().to_owned(), 0)).collect();
             out.by_action.insert(entry.action.as_str().to_owned(), zeros);
         }
