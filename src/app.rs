@@ -184,6 +184,8 @@ impl App {
             Duration::from_secs(self.config.http.request_timeout_secs),
         );
         let reload = tokio::spawn(reload_tokens(self.auth.clone()));
+        let trim = CancellationToken::new();
+        tokio::spawn(crate::memory::trim_loop(trim.clone()));
         let accepting = self.accepting.clone();
         let store = self.store.clone();
         let delay = Duration::from_millis(self.config.http.shutdown_delay_ms);
@@ -206,6 +208,7 @@ impl App {
         server::raise_open_files_limit();
         server::serve(listener, routes, limits, self.metrics.clone(), signal).await;
         reload.abort();
+        trim.cancel();
         self.executor.shutdown().await;
         // Tries in flight finish; what is left stays in the outbox for any replica.
         deliveries.cancel();

@@ -14,6 +14,7 @@ pub mod config;
 pub mod executor;
 pub mod jobs;
 pub mod live;
+pub mod memory;
 pub mod server;
 pub mod store;
 pub mod telemetry;

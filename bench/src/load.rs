@@ -635,6 +635,41 @@ impl Fanout {
     }
 }
 
+/// A local HTTP/1.1 endpoint answering every request with 200 `ok` on kept-alive connections,
+/// for the `http` runner's figure. Returns its address and a count of requests served.
+pub async fn ok_endpoint() -> Result<(SocketAddr, Arc<AtomicU64>), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("endpoint: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let served = Arc::new(AtomicU64::new(0));
+    let count = served.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let _ = sock.set_nodelay(true);
+                let mut buf = Vec::with_capacity(4096);
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // Requests carry no body (GET): each ends at its blank line.
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        count.fetch_add(1, Ordering::Relaxed);
+                        if sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err() {
+                            return;
+                        }
+                    }
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    Ok((addr, served))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

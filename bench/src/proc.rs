@@ -113,6 +113,18 @@ fn log_tail(path: &Path) -> String {
 impl Gateway {
     /// Spawns the gateway (without waiting for it); `wait_ready` follows.
     pub fn spawn(bin: &Path, db_url: &str, workers: u32, run_dir: &Path, name: &str) -> Result<Gateway> {
+        Gateway::spawn_with(bin, db_url, workers, run_dir, name, &[])
+    }
+
+    /// `spawn`, with more environment variables.
+    pub fn spawn_with(
+        bin: &Path,
+        db_url: &str,
+        workers: u32,
+        run_dir: &Path,
+        name: &str,
+        env: &[(&str, String)],
+    ) -> Result<Gateway> {
         let port = free_port()?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("valid address");
         let log = run_dir.join(format!("{name}.log"));
@@ -133,6 +145,7 @@ impl Gateway {
             // The per-identity rate limit is policy, not capacity: the benchmark measures capacity.
             .env("GATEWAY_RATE_LIMIT", "0")
             .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Ctx, worker};
-use crate::store::ClaimedJob;
+use crate::store::{ClaimedBatch, ClaimedJob};
 
 /// Most jobs claimed in one statement.
 const MAX_CLAIM: usize = 256;
@@ -21,6 +21,7 @@ const MAX_CLAIM: usize = 256;
 pub(super) async fn dispatch_loop(
     ctx: Arc<Ctx>,
     mut resumes: mpsc::UnboundedReceiver<(ClaimedJob, Instant)>,
+    mut claimed: mpsc::UnboundedReceiver<ClaimedBatch>,
     permits: Arc<Semaphore>,
     poll: Duration,
     stop: CancellationToken,
@@ -45,6 +46,9 @@ pub(super) async fn dispatch_loop(
         while let Ok(r) = resumes.try_recv() {
             waiting.push_back(r);
         }
+        while let Ok(b) = claimed.try_recv() {
+            start_claimed(&ctx, &mut workers, b);
+        }
         while !waiting.is_empty() && !stop.is_cancelled() {
             let Ok(permit) = permits.clone().try_acquire_owned() else { break };
             let Some((job, lease_from)) = waiting.pop_front() else { break };
@@ -52,7 +56,14 @@ pub(super) async fn dispatch_loop(
         }
         let free = permits.available_permits().min(MAX_CLAIM);
         let worth_it = free > 0 && (!backlog || free >= batch_min || free == pool);
-        if worth_it && !stop.is_cancelled() {
+        // The slots are reserved before the claim: the store's writer may claim for free
+        // workers too (`Store::claim_for_workers`), and every claimed job must have a worker.
+        let reserved = if worth_it && !stop.is_cancelled() {
+            permits.clone().try_acquire_many_owned(free as u32).ok()
+        } else {
+            None
+        };
+        if let Some(mut reserved) = reserved {
             // The lease starts before the claim is sent (the database computes it from its own
             // clock at about that time): the local deadline must never end later than the real one.
             let lease_from = Instant::now();
@@ -62,13 +73,11 @@ pub(super) async fn dispatch_loop(
                     backoff = Duration::from_millis(50);
                     backlog = jobs.len() == free;
                     for job in jobs {
-                        // Cannot fail: we asked for no more jobs than there are free permits
-                        // and only this loop takes permits.
-                        let Ok(permit) = permits.clone().try_acquire_owned() else {
-                            break;
-                        };
+                        // Cannot fail: no more jobs were claimed than slots reserved.
+                        let Some(permit) = reserved.split(1) else { break };
                         workers.spawn(worker::run(ctx.clone(), job, permit, lease_from, claimed_at));
                     }
+                    // Slots left over go back when `reserved` drops.
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "claiming jobs failed; retrying");
@@ -95,8 +104,24 @@ pub(super) async fn dispatch_loop(
             _ = stop.cancelled() => {}
             Some(_) = workers.join_next() => {}
             Some(r) = resumes.recv() => waiting.push_back(r),
+            Some(b) = claimed.recv() => start_claimed(&ctx, &mut workers, b),
         }
+    }
+    // Jobs the writer claimed just before claiming stopped still run.
+    while let Ok(b) = claimed.try_recv() {
+        start_claimed(&ctx, &mut workers, b);
     }
     // Draining: wait for every attempt (the grace timer interrupts stragglers).
     while workers.join_next().await.is_some() {}
+}
+
+/// Starts a worker for each job the store's writer claimed for this process; their slots were
+/// reserved before the claim.
+fn start_claimed(ctx: &Arc<Ctx>, workers: &mut JoinSet<()>, batch: ClaimedBatch) {
+    let claimed_at = Instant::now();
+    let mut permit = batch.permit;
+    for job in batch.jobs {
+        let Some(one) = permit.split(1) else { break };
+        workers.spawn(worker::run(ctx.clone(), job, one, batch.lease_from, claimed_at));
+    }
 }

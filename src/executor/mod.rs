@@ -156,10 +156,27 @@ impl Executor {
             let poll = Duration::from_millis(config.poll_interval_ms);
             background.spawn(lease::listen_loop(ctx.clone(), pool, poll, stop_claiming.clone()));
         }
+        let permits = Arc::new(Semaphore::new(config.workers as usize));
+        let (claimed_tx, claimed_rx) = mpsc::unbounded_channel();
+        if ctx.per_target.is_empty() && config.workers > 0 {
+            // The store's writer claims for free workers in the transaction that makes jobs
+            // runnable (receiver: the dispatcher).
+            let claimer = store::Claimer {
+                owner: ctx.owner,
+                lease_us: ctx.lease_us,
+                permits: permits.clone(),
+                tx: claimed_tx,
+                stop: stop_claiming.clone(),
+            };
+            if store.attach_claimer(claimer).is_err() {
+                tracing::warn!("the store already has a claimer; this executor claims on its own");
+            }
+        }
         let dispatcher = tokio::spawn(dispatch::dispatch_loop(
             ctx.clone(),
             resume_rx,
-            Arc::new(Semaphore::new(config.workers as usize)),
+            claimed_rx,
+            permits,
             Duration::from_millis(config.poll_interval_ms),
             stop_claiming.clone(),
         ));

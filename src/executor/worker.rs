@@ -44,9 +44,7 @@ pub(super) async fn run(
     let span = tracing::debug_span!("job", job_id = %job.id, action = %job.action, target = %job.target, attempt = job.attempt);
     // The attempt continues the trace of the request that created the job, on any replica.
     crate::telemetry::trace::set_parent(&span, job.traceparent.as_deref());
-    run_attempt(&ctx, job, lease_from, claimed_at).instrument(span).await;
-    drop(permit);
-    ctx.capacity.notify_one();
+    run_attempt(&ctx, job, permit, lease_from, claimed_at).instrument(span).await;
 }
 
 /// Resolves when the attempt's lease has ended locally: no heartbeat succeeded for a whole lease
@@ -62,7 +60,13 @@ async fn lease_ended(ctx: &Ctx, lease_from: Instant) {
     }
 }
 
-async fn run_attempt(ctx: &Ctx, job: ClaimedJob, lease_from: Instant, claimed_at: Instant) {
+async fn run_attempt(
+    ctx: &Ctx,
+    job: ClaimedJob,
+    permit: OwnedSemaphorePermit,
+    lease_from: Instant,
+    claimed_at: Instant,
+) {
     let token = CancellationToken::new();
     let (taken_over, expired) = (CancellationToken::new(), CancellationToken::new());
     if let Ok(mut running) = ctx.running.lock() {
@@ -169,6 +173,10 @@ async fn run_attempt(ctx: &Ctx, job: ClaimedJob, lease_from: Instant, claimed_at
             None
         }
     };
+    // The slot is free before the result is sent: on SQLite the writer claims for free slots in
+    // the transaction that writes this result. Receiver of the wake-up: the dispatcher.
+    drop(permit);
+    ctx.capacity.notify_one();
     if let Some(outcome) = outcome {
         let finished = Finished {
             completion: Completion { id: job.id, attempt: job.attempt, outcome, lost: None },

@@ -7,8 +7,9 @@ use sea_orm::{ConnectionTrait, TransactionTrait, Value};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::queue::FinishEffects;
 use super::rows::{self, JOB_COLUMNS, get};
-use super::{Backend, Error, JOBS_CHANNEL, Store, exec, now_us, values_in_chunks};
+use super::{Backend, Completion, Error, JOBS_CHANNEL, Store, exec, now_us, values_in_chunks};
 use crate::jobs::{Action, EventKind, Job, JobId, JobStatus, NewEvent, NewJob};
 
 /// Most jobs committed in one transaction.
@@ -73,8 +74,8 @@ impl Store {
         }
         let (reply, rx) = oneshot::channel();
         self.inner
-            .enqueue_tx
-            .send(EnqueueRequest { job, key, request_id, reply })
+            .write_tx
+            .send(WriteRequest::Enqueue(EnqueueRequest { job, key, request_id, reply }))
             .await
             .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
@@ -234,22 +235,46 @@ impl Store {
     }
 }
 
-/// The group-commit writer: takes every enqueue waiting in the channel, commits them in one
-/// transaction, then answers each. Under load a batch forms while the previous one commits.
-pub(super) async fn run_enqueue_writer(store: Store, mut rx: mpsc::Receiver<EnqueueRequest>) {
+/// What the writer task takes.
+pub(super) enum WriteRequest {
+    Enqueue(EnqueueRequest),
+    /// Finished attempts. Only on SQLite, where they share the one writer connection anyway.
+    Finish(FinishRequest),
+}
+
+pub(super) struct FinishRequest {
+    batch: Vec<Completion>,
+    reply: oneshot::Sender<Result<Vec<Option<JobStatus>>, Error>>,
+}
+
+/// Writes finished attempts through the writer task (in its next transaction).
+pub(super) async fn finish_via_writer(store: &Store, batch: Vec<Completion>) -> Result<Vec<Option<JobStatus>>, Error> {
+    let (reply, rx) = oneshot::channel();
+    store
+        .inner
+        .write_tx
+        .send(WriteRequest::Finish(FinishRequest { batch, reply }))
+        .await
+        .map_err(|_| Error::ShuttingDown)?;
+    rx.await.map_err(|_| Error::ShuttingDown)?
+}
+
+/// The group-commit writer: takes every request waiting in the channel (new jobs and, on
+/// SQLite, finished attempts), commits them in one transaction together with a claim of the new
+/// jobs this process has free workers for, then answers each. Under load a batch forms while
+/// the previous one commits, and one commit (one fsync) carries all three kinds of writes.
+pub(super) async fn run_writer(store: Store, mut rx: mpsc::Receiver<WriteRequest>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
         crate::batch::gather(first, &mut rx, MAX_BATCH, &mut batch);
-        let requests = std::mem::take(&mut batch);
-        let results = write_batch(&store, &requests).await;
-        let created = results.iter().filter(|r| matches!(r, Ok(e) if e.created)).count();
-        if created > 0 {
-            store.add_pending_estimate(created as i64);
-            store.inner.enqueued.notify_one();
+        let (mut enqueues, mut finishes) = (Vec::new(), Vec::new());
+        for request in batch.drain(..) {
+            match request {
+                WriteRequest::Enqueue(e) => enqueues.push(e),
+                WriteRequest::Finish(f) => finishes.push(f),
+            }
         }
-        for (req, res) in requests.into_iter().zip(results) {
-            let _ = req.reply.send(res);
-        }
+        write_batch(&store, enqueues, finishes).await;
     }
 }
 
@@ -257,38 +282,122 @@ pub(super) async fn run_enqueue_writer(store: Store, mut rx: mpsc::Receiver<Enqu
 /// has returned, so a 202 always means the row is on disk. A batch that fails for a reason
 /// that is not an outage (one request's row broke a constraint at COMMIT, say) is retried one
 /// request at a time, so one bad request cannot fail the others; an outage (full disk, database
-/// gone) fails the whole batch at once with a retryable error.
-async fn write_batch(store: &Store, requests: &[EnqueueRequest]) -> Vec<Result<Enqueued, Error>> {
-    let result = insert_batch(store, requests).await;
-    store.note_write(&result);
-    match result {
-        Ok(results) => results,
-        Err(e) if e.is_transient() || requests.len() == 1 => {
-            tracing::warn!(error = %e, error.cause = ?std::error::Error::source(&e), jobs = requests.len(), "enqueue batch failed; nothing of it was stored");
-            requests.iter().map(|_| Err(e.clone())).collect()
+/// gone) fails the whole batch at once with a retryable error. Finished attempts in a failed
+/// batch are answered with the error: the completer retries them.
+async fn write_batch(store: &Store, requests: Vec<EnqueueRequest>, finishes: Vec<FinishRequest>) {
+    let completions: Vec<Completion> = finishes.iter().flat_map(|f| f.batch.iter().cloned()).collect();
+    let result = commit_together(store, &requests, &completions).await;
+    if requests.is_empty() {
+        // A finish that commits proves nothing about room for new jobs.
+        store.note_write_failure(&result);
+    } else {
+        store.note_write(&result);
+    }
+    let results = match result {
+        Ok((results, statuses)) => {
+            let mut statuses = statuses.into_iter();
+            for f in finishes {
+                let mine: Vec<_> = statuses.by_ref().take(f.batch.len()).collect();
+                let _ = f.reply.send(Ok(mine));
+            }
+            results
         }
         Err(e) => {
-            tracing::warn!(error = %e, error.cause = ?std::error::Error::source(&e), jobs = requests.len(), "enqueue batch failed; retrying its requests one by one");
-            let mut out = Vec::with_capacity(requests.len());
-            for one in requests.chunks(1) {
-                let result = insert_batch(store, one).await;
-                store.note_write(&result);
-                match result {
-                    Ok(mut r) => out.push(r.pop().unwrap_or_else(|| Err(Error::Internal("empty batch result".into())))),
-                    Err(e) => {
-                        tracing::warn!(error = %e, error.cause = ?std::error::Error::source(&e), "enqueue failed; nothing was stored");
-                        out.push(Err(e));
+            for f in finishes {
+                let _ = f.reply.send(Err(e.clone()));
+            }
+            if requests.is_empty() {
+                return;
+            }
+            if e.is_transient() || requests.len() == 1 {
+                tracing::warn!(error = %e, error.cause = ?std::error::Error::source(&e), jobs = requests.len(), "enqueue batch failed; nothing of it was stored");
+                requests.iter().map(|_| Err(e.clone())).collect()
+            } else {
+                tracing::warn!(error = %e, error.cause = ?std::error::Error::source(&e), jobs = requests.len(), "enqueue batch failed; retrying its requests one by one");
+                let mut out = Vec::with_capacity(requests.len());
+                for one in requests.chunks(1) {
+                    let result = commit_together(store, one, &[]).await;
+                    store.note_write(&result);
+                    match result {
+                        Ok((mut r, _)) => {
+                            out.push(r.pop().unwrap_or_else(|| Err(Error::Internal("empty batch result".into()))))
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, error.cause = ?std::error::Error::source(&e), "enqueue failed; nothing was stored");
+                            out.push(Err(e));
+                        }
                     }
                 }
+                out
             }
-            out
         }
+    };
+    for (req, res) in requests.into_iter().zip(results) {
+        let _ = req.reply.send(res);
     }
 }
 
-async fn insert_batch(store: &Store, requests: &[EnqueueRequest]) -> Result<Vec<Result<Enqueued, Error>>, Error> {
+/// One transaction: finished attempts, new jobs, and the claim of runnable jobs for this
+/// process's free workers. Announces what it did (wake-ups, estimates, the claimed jobs to the
+/// dispatcher) only after the commit.
+type Written = (Vec<Result<Enqueued, Error>>, Vec<Option<JobStatus>>);
+
+async fn commit_together(
+    store: &Store,
+    requests: &[EnqueueRequest],
+    completions: &[Completion],
+) -> Result<Written, Error> {
+    let now = now_us();
+    let txn = store.inner.write.begin().await?;
+    let (statuses, effects) = if completions.is_empty() {
+        (Vec::new(), FinishEffects::default())
+    } else {
+        store.finish_in(&txn, completions, now).await?
+    };
+    let inserted =
+        if requests.is_empty() { Inserted::default() } else { insert_in(store, &txn, requests, now).await? };
+    // New jobs are runnable now. (Not for finished attempts alone: with a backlog, the
+    // dispatcher's own claims overlap the writer's transactions, which measured faster than
+    // claiming inside them.)
+    let claim = if inserted.created > 0 { store.claim_for_workers(&txn, now).await? } else { None };
+    txn.commit().await?;
+
+    if !completions.is_empty() {
+        store.after_finish(effects);
+    }
+    if inserted.wrote_events || claim.as_ref().is_some_and(|c| c.claimed() > 0) {
+        store.note_events_written();
+    }
+    if inserted.created > 0 {
+        store.add_pending_estimate(inserted.created as i64);
+        // Fewer jobs claimed than workers reserved means nothing runnable is left: the
+        // dispatcher would only find an empty queue. Receiver: `executor::dispatch`.
+        if claim.as_ref().is_none_or(|c| c.claimed() >= c.reserved) {
+            store.inner.enqueued.notify_one();
+        }
+    }
+    if let Some(claim) = claim {
+        store.deliver_claim(claim);
+    }
+    Ok((inserted.results, statuses))
+}
+
+/// What `insert_in` wrote.
+#[derive(Default)]
+struct Inserted {
+    results: Vec<Result<Enqueued, Error>>,
+    created: usize,
+    wrote_events: bool,
+}
+
+/// Inserts new jobs (and their `created` events) inside `txn`.
+async fn insert_in(
+    store: &Store,
+    txn: &impl ConnectionTrait,
+    requests: &[EnqueueRequest],
+    now: i64,
+) -> Result<Inserted, Error> {
     let inner = &store.inner;
-    let txn = inner.write.begin().await?;
 
     // Admission: refuse what would push the queue past its maximum. The estimate is exact
     // enough far from the limit; near it, count for real.
@@ -307,7 +416,6 @@ async fn insert_batch(store: &Store, requests: &[EnqueueRequest]) -> Result<Vec<
         room = max.saturating_sub(pending).min(room);
     }
 
-    let now = now_us();
     let mut ids = Vec::with_capacity(requests.len());
     let mut rows = Vec::with_capacity(requests.len());
     for req in requests.iter().take(room as usize) {
@@ -330,7 +438,7 @@ async fn insert_batch(store: &Store, requests: &[EnqueueRequest]) -> Result<Vec<
         ids.push(id);
     }
     let inserted: std::collections::HashSet<Uuid> = values_in_chunks(
-        &txn,
+        txn,
         inner.backend,
         "INSERT INTO jobs (id, action, target, requested_by, parameters, status, attempts, created_at, run_at, \
          cancel_requested, idempotency_key, request_fingerprint, submitted_by, callback_url, traceparent)",
@@ -354,7 +462,7 @@ async fn insert_batch(store: &Store, requests: &[EnqueueRequest]) -> Result<Vec<
     let mut existing: HashMap<String, (JobId, JobStatus, Option<String>)> = HashMap::new();
     if !replay_keys.is_empty() {
         let rows = values_in_chunks(
-            &txn,
+            txn,
             inner.backend,
             "SELECT id, status, idempotency_key, request_fingerprint FROM jobs WHERE idempotency_key IN (",
             "(#)",
@@ -391,11 +499,7 @@ async fn insert_batch(store: &Store, requests: &[EnqueueRequest]) -> Result<Vec<
         })
         .collect();
     let wrote_events = !events.is_empty();
-    super::events::insert(&txn, inner.backend, now, events).await?;
-    txn.commit().await?;
-    if wrote_events {
-        store.note_events_written();
-    }
+    super::events::insert(txn, inner.backend, now, events).await?;
 
     let results = requests
         .iter()
@@ -417,5 +521,5 @@ async fn insert_batch(store: &Store, requests: &[EnqueueRequest]) -> Result<Vec<
             }
         })
         .collect();
-    Ok(results)
+    Ok(Inserted { results, created: inserted.len(), wrote_events })
 }

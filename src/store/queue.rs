@@ -96,6 +96,54 @@ pub struct Completion {
     pub lost: Option<Uuid>,
 }
 
+/// What a committed finish announces: jobs back in PENDING, events, due webhooks.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct FinishEffects {
+    pub(super) requeued: i64,
+    pub(super) wrote_events: bool,
+    pub(super) outbox: bool,
+}
+
+/// Most jobs claimed inside the writer's transaction at once.
+const MAX_PIGGYBACK: usize = 256;
+
+/// The dispatcher of this process, attached to the store so the writer can claim for it (see
+/// `Store::claim_for_workers`). Only without per-target limits: those claims take a lock and
+/// count a target's RUNNING jobs, which stays the dispatcher's own business.
+pub struct Claimer {
+    /// The lease owner (this process).
+    pub owner: Uuid,
+    pub lease_us: i64,
+    /// The worker slots; the writer reserves some before it claims.
+    pub permits: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Receiver: the dispatcher, which starts a worker per job.
+    pub tx: tokio::sync::mpsc::UnboundedSender<ClaimedBatch>,
+    /// Claiming stops at shutdown.
+    pub stop: tokio_util::sync::CancellationToken,
+}
+
+/// Jobs claimed for this process, each with its worker slot already taken.
+pub struct ClaimedBatch {
+    pub jobs: Vec<ClaimedJob>,
+    /// One permit per job (and possibly more, released when dropped).
+    pub permit: tokio::sync::OwnedSemaphorePermit,
+    /// When the lease was taken (the local lease deadline counts from here).
+    pub lease_from: tokio::time::Instant,
+}
+
+/// A claim made inside the writer's transaction, delivered once it commits.
+pub(super) struct PiggybackClaim {
+    batch: ClaimedBatch,
+    /// Permits reserved for it: fewer jobs than this means nothing else was runnable.
+    pub(super) reserved: usize,
+}
+
+impl PiggybackClaim {
+    pub(super) fn claimed(&self) -> usize {
+        self.batch.jobs.len()
+    }
+}
+
 /// A job whose lease expired: its worker died or hung.
 #[derive(Debug, Clone)]
 pub struct LostJob {
@@ -144,6 +192,22 @@ impl Store {
         per_target: &[(Action, u32)],
     ) -> Result<Vec<ClaimedJob>, Error> {
         let now = now_us();
+        let (sql, values) = self.claim_statement(owner, limit, lease_us, per_target, now);
+        let rows = self.claim_with_events(&sql, values, !per_target.is_empty(), owner, now).await;
+        self.note_write_failure(&rows);
+        let jobs = rows?;
+        self.add_pending_estimate(-(jobs.len() as i64));
+        Ok(jobs)
+    }
+
+    fn claim_statement(
+        &self,
+        owner: Uuid,
+        limit: usize,
+        lease_us: i64,
+        per_target: &[(Action, u32)],
+        now: i64,
+    ) -> (String, Vec<Value>) {
         // SQLite's planner prefers the (status, id) index here and then sorts every PENDING row;
         // pinning the small run-order index keeps a claim independent of the queue's length.
         let (index, lock) = match self.inner.backend {
@@ -159,11 +223,7 @@ impl Store {
              RETURNING {CLAIMED_COLUMNS}"
         );
         let values = vec![owner.into(), (now + lease_us).into(), now.into(), (limit as i64).into()];
-        let rows = self.claim_with_events(&sql, values, !per_target.is_empty(), owner, now).await;
-        self.note_write_failure(&rows);
-        let jobs = rows?;
-        self.add_pending_estimate(-(jobs.len() as i64));
-        Ok(jobs)
+        (sql, values)
     }
 
     /// The claim and its `claimed` events, in one transaction. With per-target limits the claim
@@ -182,10 +242,28 @@ impl Store {
         if serialize && self.inner.backend == Backend::Postgres {
             txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({CLAIM_LOCK_KEY})")).await?;
         }
+        let jobs = self.claim_in(&txn, sql, values, owner, now).await?;
+        if jobs.is_empty() {
+            txn.rollback().await?;
+            return Ok(jobs);
+        }
+        txn.commit().await?;
+        self.note_events_written();
+        Ok(jobs)
+    }
+
+    /// The claim statement and the `claimed` events, inside `txn`.
+    async fn claim_in(
+        &self,
+        txn: &impl ConnectionTrait,
+        sql: &str,
+        values: Vec<Value>,
+        owner: Uuid,
+        now: i64,
+    ) -> Result<Vec<ClaimedJob>, Error> {
         let rows = txn.query_all_raw(self.stmt(sql, values)).await?;
         let jobs = rows.iter().map(|r| rows::claimed(r, now)).collect::<Result<Vec<_>, _>>()?;
         if jobs.is_empty() {
-            txn.rollback().await?;
             return Ok(jobs);
         }
         let replica = owner.to_string();
@@ -193,10 +271,48 @@ impl Store {
             .iter()
             .map(|j| NewEvent::by_gateway(j.id, EventKind::Claimed, json!({"attempt": j.attempt, "replica": replica})))
             .collect();
-        super::events::insert(&txn, self.inner.backend, now, events).await?;
-        txn.commit().await?;
-        self.note_events_written();
+        super::events::insert(txn, self.inner.backend, now, events).await?;
         Ok(jobs)
+    }
+
+    /// Claims, inside the writer's transaction, as many runnable jobs as the attached claimer
+    /// has free workers: the jobs that transaction just made runnable start without a claim
+    /// transaction of their own. Permits are reserved before the claim, so every claimed job has
+    /// a worker; `None` when no claimer is attached, it is stopping, or no worker is free.
+    pub(super) async fn claim_for_workers(
+        &self,
+        txn: &impl ConnectionTrait,
+        now: i64,
+    ) -> Result<Option<PiggybackClaim>, Error> {
+        let Some(claimer) = self.inner.claimer.get() else { return Ok(None) };
+        if claimer.stop.is_cancelled() {
+            return Ok(None);
+        }
+        let free = claimer.permits.available_permits().min(MAX_PIGGYBACK);
+        if free == 0 {
+            return Ok(None);
+        }
+        let Ok(permit) = claimer.permits.clone().try_acquire_many_owned(free as u32) else { return Ok(None) };
+        let lease_from = tokio::time::Instant::now();
+        let (sql, values) = self.claim_statement(claimer.owner, free, claimer.lease_us, &[], now);
+        let jobs = self.claim_in(txn, &sql, values, claimer.owner, now).await?;
+        Ok(Some(PiggybackClaim { batch: ClaimedBatch { jobs, permit, lease_from }, reserved: free }))
+    }
+
+    /// Hands a claim made in a committed transaction to the claimer's dispatcher.
+    pub(super) fn deliver_claim(&self, claim: PiggybackClaim) {
+        let n = claim.batch.jobs.len();
+        if n == 0 {
+            return;
+        }
+        self.add_pending_estimate(-(n as i64));
+        if let Some(claimer) = self.inner.claimer.get()
+            && let Err(e) = claimer.tx.send(claim.batch)
+        {
+            // The dispatcher is gone (shutdown): the leases expire and recovery runs the jobs
+            // again, as after a crash.
+            tracing::warn!(jobs = e.0.jobs.len(), "claimed jobs had no dispatcher left; their leases will expire");
+        }
     }
 
     /// Takes over the lease of a RUNNING job whose remote run is recorded (its lease expired, or
@@ -322,6 +438,11 @@ impl Store {
     /// for each, the status it now has, or `None` when the fence refused it (the attempt was no
     /// longer current).
     pub async fn finish_batch(&self, batch: &[Completion]) -> Result<Vec<Option<JobStatus>>, Error> {
+        if self.inner.backend == Backend::Sqlite {
+            // One writer: completions join the writer task's next transaction, with the jobs
+            // being enqueued and the claims they make possible (see `jobs::run_writer`).
+            return super::jobs::finish_via_writer(self, batch.to_vec()).await;
+        }
         let result = self.write_finished(batch).await;
         self.note_write_failure(&result);
         result
@@ -329,6 +450,31 @@ impl Store {
 
     async fn write_finished(&self, batch: &[Completion]) -> Result<Vec<Option<JobStatus>>, Error> {
         let now = now_us();
+        let txn = self.inner.write.begin().await?;
+        let (statuses, effects) = self.finish_in(&txn, batch, now).await?;
+        txn.commit().await?;
+        self.after_finish(effects);
+        Ok(statuses)
+    }
+
+    /// What a committed finish still has to announce.
+    pub(super) fn after_finish(&self, effects: FinishEffects) {
+        self.add_pending_estimate(effects.requeued);
+        if effects.wrote_events {
+            self.note_events_written();
+        }
+        if effects.outbox {
+            self.note_webhooks_due();
+        }
+    }
+
+    /// Writes finished attempts inside `txn`: the fenced update, events, webhook outbox rows.
+    pub(super) async fn finish_in(
+        &self,
+        txn: &impl ConnectionTrait,
+        batch: &[Completion],
+        now: i64,
+    ) -> Result<(Vec<Option<JobStatus>>, FinishEffects), Error> {
         // Rows in id order (see `heartbeat`): the join visits them in that order.
         let mut order: Vec<usize> = (0..batch.len()).collect();
         order.sort_by_key(|&i| batch[i].id);
@@ -375,9 +521,8 @@ impl Store {
             Backend::Postgres => "(#::uuid,#::int4,#::text,#::text,#::text,#::int8,#::int8)",
             Backend::Sqlite => "(#,#,#,#,#,#,#)",
         };
-        let txn = self.inner.write.begin().await?;
         let written = super::values_in_chunks(
-            &txn,
+            txn,
             self.inner.backend,
             &prefix,
             row,
@@ -410,18 +555,11 @@ impl Store {
             txn.execute_unprepared(&format!("NOTIFY {}", super::JOBS_CHANNEL)).await?;
         }
         let outbox = !callbacks.is_empty();
-        super::webhooks::enqueue(&txn, self.inner.backend, now, callbacks).await?;
+        super::webhooks::enqueue(txn, self.inner.backend, now, callbacks).await?;
         let wrote_events = !events.is_empty();
-        super::events::insert(&txn, self.inner.backend, now, events).await?;
-        txn.commit().await?;
-        self.add_pending_estimate(requeued);
-        if wrote_events {
-            self.note_events_written();
-        }
-        if outbox {
-            self.note_webhooks_due();
-        }
-        Ok(batch.iter().map(|c| by_id.get(&c.id).copied()).collect())
+        super::events::insert(txn, self.inner.backend, now, events).await?;
+        let statuses = batch.iter().map(|c| by_id.get(&c.id).copied()).collect();
+        Ok((statuses, FinishEffects { requeued, wrote_events, outbox }))
     }
 
     /// RUNNING jobs whose lease ended before now. With `all_running`, every RUNNING job

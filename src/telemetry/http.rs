@@ -37,6 +37,7 @@ impl<E: Endpoint> Endpoint for HttpMetricsEndpoint<E> {
 
     async fn call(&self, req: Request) -> Result<Self::Output> {
         let start = Instant::now();
+        crate::memory::note_activity();
         let method = method_label(req.method());
         let route = self.routes.label(req.uri().path());
         // One span per request (exported when OTLP tracing is on): method and route template only.
