@@ -91,7 +91,9 @@ pub(super) async fn dispatch_loop(
             }
         }
         while workers.try_join_next().is_some() {}
-        if backlog && permits.available_permits() >= batch_min {
+        // Never once stopping: no claim runs then, so `backlog` would stay set and this loop
+        // would spin without awaiting anything (seen as a hung shutdown in a test).
+        if backlog && !stop.is_cancelled() && permits.available_permits() >= batch_min {
             continue;
         }
         if stop.is_cancelled() {
