@@ -6,6 +6,11 @@
 //! - hyper's header-read deadline for slow headers (slowloris);
 //! - a cap on open connections, so a flood of sockets cannot take every file descriptor;
 //! - a graceful drain on shutdown.
+//!
+//! The protocol is told by peeking at the first bytes rather than reading them: a detector that
+//! reads (hyper-util's auto builder) hands them back as a prefix, hyper's first read of the
+//! socket is then short and its adaptive read buffer doubles to 16 KiB for the connection's
+//! life, which is most of what an idle connection or event stream costs.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,8 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use poem::{Endpoint, EndpointExt};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -55,15 +62,7 @@ pub async fn serve(
     signal: impl Future<Output = ()>,
 ) {
     let endpoint = Arc::new(routes.map_to_response().boxed());
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(128 * 1024)
-        .keep_alive(true);
-    // Pings find dead peers; idleness is ended by the connection's own deadline below.
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(limits.header_timeout * 3));
+    let protocols = Arc::new(Protocols::new(limits));
     let local = listener.local_addr().ok();
     let open = Arc::new(AtomicUsize::new(0));
     let shutdown = CancellationToken::new();
@@ -107,7 +106,7 @@ pub async fn serve(
             peer,
             local,
             endpoint.clone(),
-            builder.clone(),
+            protocols.clone(),
             limits,
             shutdown.clone(),
             slot,
@@ -118,6 +117,57 @@ pub async fn serve(
     tracker.close();
     if tokio::time::timeout(DRAIN, tracker.wait()).await.is_err() {
         tracing::warn!("in-flight requests still open after 10 s; closing them");
+    }
+}
+
+/// The two protocols' connection settings, shared by every connection.
+struct Protocols {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    fn new(limits: Limits) -> Self {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(128 * 1024)
+            .keep_alive(true);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        // Pings find dead peers; idleness is ended by the connection's own deadline.
+        h2.timer(TokioTimer::new()).keep_alive_interval(Some(limits.header_timeout * 3));
+        Self { h1, h2 }
+    }
+}
+
+/// What every HTTP/2 connection starts with (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Tells the protocol from the first bytes without consuming them; `None` when the peer closes
+/// first. Returns as soon as the bytes differ from the HTTP/2 preface, so an HTTP/1 request is
+/// not held back.
+async fn detect(stream: &TcpStream) -> std::io::Result<Option<Protocol>> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(Some(Protocol::Http1));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Some(Protocol::Http2));
+        }
+        // Only a prefix of the preface so far: peek answers at once while any byte is buffered,
+        // so wait a little instead of spinning (the caller's deadline bounds the whole wait).
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -180,24 +230,84 @@ impl Drop for InFlight {
 
 type Routes = Arc<poem::endpoint::BoxEndpoint<'static, poem::Response>>;
 
+/// Serves one connection until it closes, is idle past the limit, or shutdown drains it. A macro
+/// rather than a generic function: the two protocols' connection types share no trait with
+/// `graceful_shutdown`, and a generic async fn over them defeats rustc's `Send` inference.
+macro_rules! drive {
+    ($conn:expr, $activity:expr, $limits:expr, $shutdown:expr) => {{
+        let activity = $activity;
+        let limits: Limits = $limits;
+        let shutdown: &CancellationToken = $shutdown;
+        let mut conn = std::pin::pin!($conn);
+        // Once set, the connection was asked to close and is dropped at this instant if it has not.
+        let mut drop_at: Option<Instant> = None;
+        loop {
+            // A request in flight is bounded by the request timeout, not by this deadline: look
+            // again when it ends (or after a while).
+            let idle_at = if activity.in_flight.load(Ordering::Relaxed) > 0 {
+                Instant::now() + limits.header_timeout
+            } else {
+                activity.idle_at(limits.header_timeout)
+            };
+            tokio::select! {
+                // Errors here are clients going away or timing out; nothing to report.
+                _ = conn.as_mut() => break,
+                _ = activity.ended.notified() => {}
+                _ = tokio::time::sleep_until(idle_at), if drop_at.is_none() => {
+                    let idle = activity.in_flight.load(Ordering::Relaxed) == 0
+                        && activity.idle_at(limits.header_timeout) <= Instant::now();
+                    if idle {
+                        // Never sent a request, or none for the whole limit: HTTP/1 closes at
+                        // once, HTTP/2 says GOAWAY.
+                        conn.as_mut().graceful_shutdown();
+                        drop_at = Some(Instant::now() + CLOSE_GRACE);
+                    }
+                }
+                _ = shutdown.cancelled(), if drop_at.is_none() => {
+                    conn.as_mut().graceful_shutdown();
+                    // In-flight requests get the server's drain time; an idle connection closes now.
+                    drop_at = Some(Instant::now() + DRAIN);
+                }
+                _ = tokio::time::sleep_until(drop_at.unwrap_or(idle_at)), if drop_at.is_some() => {
+                    if activity.in_flight.load(Ordering::Relaxed) == 0 {
+                        break;
+                    }
+                    // A request is still being answered: let it finish (the request timeout
+                    // bounds it).
+                    drop_at = Some(Instant::now() + CLOSE_GRACE);
+                }
+            }
+        }
+    }};
+}
+
 // One argument per thing a connection needs; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
 async fn connection(
-    stream: tokio::net::TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     local: Option<SocketAddr>,
     endpoint: Routes,
-    builder: hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    protocols: Arc<Protocols>,
     limits: Limits,
     shutdown: CancellationToken,
     _slot: Slot,
 ) {
+    // Born at accept: the first-request deadline covers the wait for the first bytes too.
     let activity = Arc::new(Activity {
         born: Instant::now(),
         in_flight: AtomicUsize::new(0),
         last_ms: AtomicU64::new(0),
         ended: tokio::sync::Notify::new(),
     });
+    let protocol = tokio::select! {
+        detected = tokio::time::timeout(limits.header_timeout, detect(&stream)) => match detected {
+            Ok(Ok(Some(p))) => p,
+            // Silent past the deadline, closed, or a socket error: nothing was asked.
+            _ => return,
+        },
+        _ = shutdown.cancelled() => return,
+    };
     let local_addr =
         poem::web::LocalAddr(local.map(poem::Addr::SocketAddr).unwrap_or(poem::Addr::Custom("tcp", "".into())));
     let remote_addr = poem::web::RemoteAddr(poem::Addr::SocketAddr(peer));
@@ -214,44 +324,13 @@ async fn connection(
             Ok::<_, std::convert::Infallible>(resp.map(|body| GuardedBody { body, _guard: guard }))
         }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    let mut conn = std::pin::pin!(conn);
-    // Once set, the connection was asked to close and is dropped at this instant if it has not.
-    let mut drop_at: Option<Instant> = None;
-    loop {
-        // A request in flight is bounded by the request timeout, not by this deadline: look
-        // again when it ends (or after a while).
-        let idle_at = if activity.in_flight.load(Ordering::Relaxed) > 0 {
-            Instant::now() + limits.header_timeout
-        } else {
-            activity.idle_at(limits.header_timeout)
-        };
-        tokio::select! {
-            // Errors here are clients going away or timing out; nothing to report.
-            _ = conn.as_mut() => return,
-            _ = activity.ended.notified() => {}
-            _ = tokio::time::sleep_until(idle_at), if drop_at.is_none() => {
-                let idle = activity.in_flight.load(Ordering::Relaxed) == 0
-                    && activity.idle_at(limits.header_timeout) <= Instant::now();
-                if idle {
-                    // Never sent a request, or none for the whole limit: HTTP/1 closes at once,
-                    // HTTP/2 says GOAWAY, a half-detected protocol stops waiting.
-                    conn.as_mut().graceful_shutdown();
-                    drop_at = Some(Instant::now() + CLOSE_GRACE);
-                }
-            }
-            _ = shutdown.cancelled(), if drop_at.is_none() => {
-                conn.as_mut().graceful_shutdown();
-                // In-flight requests get the server's drain time; an idle connection closes now.
-                drop_at = Some(Instant::now() + DRAIN);
-            }
-            _ = tokio::time::sleep_until(drop_at.unwrap_or(idle_at)), if drop_at.is_some() => {
-                if activity.in_flight.load(Ordering::Relaxed) == 0 {
-                    return;
-                }
-                // A request is still being answered: let it finish (the request timeout bounds it).
-                drop_at = Some(Instant::now() + CLOSE_GRACE);
-            }
+    let io = TokioIo::new(stream);
+    match protocol {
+        Protocol::Http1 => {
+            drive!(protocols.h1.serve_connection(io, service), &activity, limits, &shutdown)
+        }
+        Protocol::Http2 => {
+            drive!(protocols.h2.serve_connection(io, service), &activity, limits, &shutdown)
         }
     }
 }
