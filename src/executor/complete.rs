@@ -45,6 +45,8 @@ pub(super) async fn write_completions(ctx: &Ctx, batch: Vec<Finished>) {
                         jobs = completions.len(),
                         "giving up on job results; lease recovery will settle them"
                     );
+                    // No longer listed, the heartbeat stops renewing their leases.
+                    forget_written(ctx, &batch);
                     return;
                 }
                 tokio::time::sleep(delay).await;
@@ -52,6 +54,7 @@ pub(super) async fn write_completions(ctx: &Ctx, batch: Vec<Finished>) {
             }
         }
     };
+    forget_written(ctx, &batch);
     // Receivers: cancels waiting in `Executor::cancel`.
     ctx.settled.notify_waiters();
     if !ctx.per_target.is_empty() {
@@ -77,5 +80,13 @@ pub(super) async fn write_completions(ctx: &Ctx, batch: Vec<Finished>) {
                 tracing::warn!(job_id = %id, action = %f.action, target = %f.target, attempt = f.completion.attempt, "result discarded: the attempt is no longer current (lease lost)")
             }
         }
+    }
+}
+
+/// Unlists the workers' attempts whose results were handled (recovery's own results were never
+/// listed here).
+fn forget_written(ctx: &Ctx, batch: &[Finished]) {
+    for f in batch.iter().filter(|f| f.completion.lost.is_none()) {
+        super::worker::forget(ctx, f.completion.id, f.completion.attempt);
     }
 }

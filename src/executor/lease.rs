@@ -26,7 +26,14 @@ use crate::store::{self, Completion, Outcome};
 /// needs no database and is checked first, before a new beat could hide the gap. (2) Remotely:
 /// the heartbeat's answer no longer lists a job running here, because another process recovered
 /// it. Attempts claimed after the beat was sent are not judged by it.
+///
+/// The heartbeat renews every row the database lists for this process, and one may not be
+/// running here: a claim that committed while its answer was lost (the connection broke at
+/// COMMIT, as when PostgreSQL restarts), or results the completer gave up on. Renewed for ever,
+/// such a job would stay RUNNING for ever; once one is seen on two beats in a row, its lease is
+/// released and recovery settles it by its action's lost-job policy.
 pub(super) async fn heartbeat_loop(ctx: Arc<Ctx>, every: Duration) {
+    let mut strangers: HashMap<JobId, i32> = HashMap::new();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Keep heartbeating through the grace period: stop only at the hard stop.
@@ -45,10 +52,31 @@ pub(super) async fn heartbeat_loop(ctx: Arc<Ctx>, every: Duration) {
                     *last = Some(sent);
                 }
                 fence_local(&ctx, &held, sent);
+                for (id, attempt) in still_strangers(&ctx, &held, &mut strangers) {
+                    tracing::warn!(job_id = %id, attempt, "job held in the database but not running here (a claim whose answer was lost); releasing its lease for recovery");
+                    if let Err(e) = ctx.store.release_lease(ctx.owner, id, attempt).await {
+                        tracing::warn!(job_id = %id, error = %e, "releasing the lease failed; retried at the next beat");
+                    }
+                }
             }
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
         }
     }
+}
+
+/// The rows a heartbeat renewed for attempts not running here, and of those, the ones the
+/// previous beat saw too (a fresh claim is listed within moments of its answer, long before the
+/// next beat).
+fn still_strangers(ctx: &Ctx, held: &[store::Held], previous: &mut HashMap<JobId, i32>) -> Vec<(JobId, i32)> {
+    let Ok(running) = ctx.running.lock() else { return Vec::new() };
+    let now: HashMap<JobId, i32> = held
+        .iter()
+        .filter(|h| running.get(&h.id).is_none_or(|a| a.attempt != h.attempt))
+        .map(|h| (h.id, h.attempt))
+        .collect();
+    let stale = now.iter().filter(|(id, a)| previous.get(id) == Some(a)).map(|(id, a)| (*id, *a)).collect();
+    *previous = now;
+    stale
 }
 
 /// The end of the lease of an attempt whose own lease started at `lease_from`: a lease lasts

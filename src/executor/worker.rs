@@ -177,6 +177,9 @@ async fn run_attempt(
     // the transaction that writes this result. Receiver of the wake-up: the dispatcher.
     drop(permit);
     ctx.capacity.notify_one();
+    // An attempt whose result is on its way stays listed until the completer has written it, so
+    // the heartbeat keeps its lease and does not take its row for a stranger.
+    let mut handed_over = false;
     if let Some(outcome) = outcome {
         let finished = Finished {
             completion: Completion { id: job.id, attempt: job.attempt, outcome, lost: None },
@@ -185,14 +188,25 @@ async fn run_attempt(
             started_at: job.started_at,
         };
         // Receiver: the completer (`complete::complete_loop`).
-        if ctx.completions.send(finished).is_err() {
+        handed_over = ctx.completions.send(finished).is_ok();
+        if !handed_over {
             tracing::error!("completer is gone; lease recovery will settle this job");
         }
     }
-    if let Ok(mut running) = ctx.running.lock() {
-        running.remove(&job.id);
+    if !handed_over {
+        forget(ctx, job.id, job.attempt);
     }
     ctx.metrics.attempt_ended();
+}
+
+/// Takes an attempt off the list of those running here. Only that attempt: by the time its
+/// result is written, the job may have been claimed again (a retry) and listed anew.
+pub(super) fn forget(ctx: &Ctx, id: crate::jobs::JobId, attempt: i32) {
+    if let Ok(mut running) = ctx.running.lock()
+        && running.get(&id).is_some_and(|a| a.attempt == attempt)
+    {
+        running.remove(&id);
+    }
 }
 
 /// Releases this attempt's lease in the background, retrying while the database is away (the

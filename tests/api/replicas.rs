@@ -355,3 +355,79 @@ async fn a_rolling_restart_under_load_loses_no_job_and_fails_no_request() {
     assert_eq!(counts.values().sum::<i64>(), 4000);
     no_fail_on_loss_job_ran_twice(&executions(&all), &action_of(&db.url).await);
 }
+
+/// A claim that committed while its answer was lost (the connection broke at COMMIT, as when
+/// PostgreSQL restarts: CI saw three jobs stay RUNNING for good after the restart test) leaves a
+/// row RUNNING under a live replica that is not running it. The replica's heartbeat must not
+/// renew that lease for ever: recovery settles the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_answer_was_lost_is_settled_by_recovery() {
+    use sqlx::{Connection, Row};
+    let db = TestDb::new(Backend::Postgres).await;
+    let gw = Gateway::start(&db.url, &ENV).await;
+    let client = http_client();
+    let mut c = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    let status = |id: uuid::Uuid| {
+        let url = db.url.clone();
+        async move {
+            let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
+            sqlx::query("SELECT status FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_one(&mut c)
+                .await
+                .expect("job row")
+                .get::<String, _>("status")
+        }
+    };
+
+    // The replica's owner id, read from a job it is running.
+    let long = post_many(&client, &gw.addr, vec![job_body("health_check", 3000, false)], 1).await[0];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let owner: uuid::Uuid = loop {
+        let row = sqlx::query("SELECT lease_owner FROM jobs WHERE id = $1 AND status = 'RUNNING'")
+            .bind(long)
+            .fetch_optional(&mut c)
+            .await
+            .expect("select");
+        if let Some(owner) = row.and_then(|r| r.get::<Option<uuid::Uuid>, _>("lease_owner")) {
+            break owner;
+        }
+        assert!(Instant::now() < deadline, "the long job never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    // A finished job put back the way a lost claim leaves it: RUNNING, leased to this replica.
+    let lost = post_many(&client, &gw.addr, vec![job_body("health_check", 1, false)], 1).await[0];
+    while status(lost).await != "SUCCESS" {
+        assert!(Instant::now() < deadline, "the short job never finished");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lease_until = chrono::Utc::now().timestamp_micros() + 2_000_000;
+    sqlx::query(
+        "UPDATE jobs SET status = 'RUNNING', lease_owner = $1, lease_until = $2, finished_at = NULL WHERE id = $3",
+    )
+    .bind(owner)
+    .bind(lease_until)
+    .bind(lost)
+    .execute(&mut c)
+    .await
+    .expect("update");
+    let made = Instant::now();
+
+    // Settled within the 2 s lease, two heartbeats and a recovery round (the lost-job policy of
+    // health_check retries it, so it runs again and ends).
+    let last = loop {
+        let s = status(lost).await;
+        if s == "SUCCESS" || s == "FAILED" {
+            break s;
+        }
+        assert!(
+            made.elapsed() < Duration::from_secs(15),
+            "a lost claim is still {s} after 15 s: its lease is renewed for ever"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("lost claim settled as {last} after {:?}", made.elapsed());
+    let logs = gw.log.lock().unwrap().join("\n");
+    assert!(logs.contains("not running here"), "the release is logged");
+}
