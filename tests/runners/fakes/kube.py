@@ -124,6 +124,7 @@ class Obj:
     polls_since_patch: int = 0           # GETs of the object since the last PATCH
     phase: str = "done"                  # done (previous rollout) | pending | observed | surge | complete | deadline
     phase_at: dict = field(default_factory=dict)   # phase -> monotonic time reached
+    served: list = field(default_factory=list)     # the phase each successful GET answered with, in order
     fail_gets: list = field(default_factory=list)  # statuses to answer the next GETs with (fault injection)
     fail_patches: list = field(default_factory=list)  # statuses to answer the next PATCHes with
 
@@ -205,6 +206,13 @@ class FakeKubeApi:
     def phase_time(self, key, phase: str) -> float | None:
         with self._lock:
             return self._objects[key].phase_at.get(phase)
+
+    def served_phases(self, key) -> list[str]:
+        """The phase each successful GET of the object answered with, in order. (A request's
+        receipt time cannot tell: the controller may reach a phase between the moment a GET was
+        read and the moment it is answered.)"""
+        with self._lock:
+            return list(self._objects[key].served)
 
     def step(self, key, phase: str) -> None:
         """Moves the controller of an object to a phase: observed | surge | complete | deadline."""
@@ -398,6 +406,7 @@ class FakeKubeApi:
                 if o.patched_at is not None:
                     o.polls_since_patch += 1
                 self._advance(o)
+                o.served.append(o.phase)
                 self._lock.notify_all()
                 return 200, {}, self._public(o)
         if req.method == "PATCH":
