@@ -387,6 +387,14 @@ fn only_placeholders_are_rewritten_for_sqlite() {
         sqlite_placeholders("SELECT '$1', \"a$2\" FROM t WHERE x = $1 AND y = $12 AND z = '$'"),
         "SELECT '$1', \"a$2\" FROM t WHERE x = ?1 AND y = ?12 AND z = '$'"
     );
+    // In order, each once: anonymous, which SQLite binds by position.
+    assert_eq!(
+        sqlite_placeholders("INSERT INTO t (a, b) VALUES ($1, '$3?'), ($2, $3) RETURNING \"?1\""),
+        "INSERT INTO t (a, b) VALUES (?, '$3?'), (?, ?) RETURNING \"?1\""
+    );
+    // A repeated number keeps the numbers.
+    assert_eq!(sqlite_placeholders("SELECT $1, $2, $1"), "SELECT ?1, ?2, ?1");
+    assert_eq!(sqlite_placeholders("SELECT $2, $1"), "SELECT ?2, ?1");
 }
 
 fn write_failure(e: &Error) -> String {
@@ -405,11 +413,17 @@ fn stmt(backend: Backend, sql: &str, values: Vec<Value>) -> Statement {
     }
 }
 
-/// `$N` placeholders as `?N`: only a `$` followed by a digit, outside quoted literals and
-/// identifiers, is a placeholder.
+/// `$N` placeholders in SQLite's spelling: only a `$` followed by digits, outside quoted literals
+/// and identifiers, is a placeholder. When they appear as `$1`, `$2`, ... in order, each used once
+/// (every multi-row insert), they become anonymous `?`: SQLite finds a numbered parameter's name by
+/// a linear scan, and sqlx asks for every parameter's name when it binds, so a batch of a few
+/// thousand `?N` parameters cost a quadratic scan on each execution (about 2 % of the CPU of a
+/// whole benchmark run). Any other use (a number repeated or out of order) keeps `?N`.
 fn sqlite_placeholders(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut quote: Option<char> = None;
+    let mut in_order = true;
+    let mut next = 1u32;
     let mut chars = sql.chars().peekable();
     while let Some(c) = chars.next() {
         match (quote, c) {
@@ -417,8 +431,32 @@ fn sqlite_placeholders(sql: &str) -> String {
             (Some(q), _) if c == q => quote = None,
             (None, '$') if chars.peek().is_some_and(char::is_ascii_digit) => {
                 out.push('?');
+                let mut n = 0u32;
+                while let Some(d) = chars.peek().and_then(|d| d.to_digit(10)) {
+                    out.push(chars.next().unwrap_or('0'));
+                    n = n.saturating_mul(10).saturating_add(d);
+                }
+                in_order &= n == next;
+                next = next.saturating_add(1);
                 continue;
             }
+            _ => {}
+        }
+        out.push(c);
+    }
+    if in_order { anonymous_placeholders(&out) } else { out }
+}
+
+/// `?N` as `?`, outside quoted literals and identifiers.
+fn anonymous_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut quote: Option<char> = None;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), _) if c == q => quote = None,
+            (None, '?') => while chars.next_if(char::is_ascii_digit).is_some() {},
             _ => {}
         }
         out.push(c);
