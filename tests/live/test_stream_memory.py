@@ -1,5 +1,6 @@
-"""The memory of 1000 concurrent idle /v1/events/stream connections (VmRSS before and after), every
-one of them live (each receives the next job's events).
+"""The memory of 1000 concurrent idle /v1/events/stream connections (VmRSS before and after, each
+read once it has settled after the gateway's idle heap trim), every one of them live (each receives
+the next job's events).
 
 Both figures are printed: the streams' whole cost, and the cost of 1000 idle keep-alive HTTP
 connections on another gateway (hyper keeps an 8 KiB read and an 8 KiB write buffer per HTTP/1
@@ -33,6 +34,23 @@ def vmrss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def settled_rss_kib(pid: int, at_least: float = 2.5, within: float = 15.0) -> int:
+    """VmRSS once it has stopped moving. The gateway trims its heap only in an idle second (at most
+    50 requests in the last one), so a sample taken right after a burst races that trim: it reads
+    the burst's free heap, which can be 5-10 MB when the machine is busy. Wait at least two trim
+    periods, then until two samples a second apart agree within 256 KiB."""
+    start = time.monotonic()
+    time.sleep(at_least)
+    last = vmrss_kib(pid)
+    while time.monotonic() - start < within:
+        time.sleep(1.0)
+        now = vmrss_kib(pid)
+        if abs(now - last) <= 256:
+            return now
+        last = now
+    raise AssertionError(f"VmRSS of pid {pid} did not settle within {within:.0f} s (last {last} KiB)")
 
 
 def open_streams(port: int, n: int, within: float = 60.0) -> tuple[list[socket.socket], dict]:
@@ -97,8 +115,7 @@ def open_streams(port: int, n: int, within: float = 60.0) -> tuple[list[socket.s
 def idle_connections_cost(gateways, n: int) -> int:
     """Bytes of RSS that n idle keep-alive connections (one /healthz request each) add to a fresh gateway."""
     svc = start_gw(gateways, "conns", "sqlite")
-    time.sleep(1.0)
-    before = vmrss_kib(svc.pid)
+    before = settled_rss_kib(svc.pid)
     socks = []
     try:
         for _ in range(n):
@@ -110,8 +127,7 @@ def idle_connections_cost(gateways, n: int) -> int:
             while b"\r\n\r\n" not in head:
                 head += c.recv(4096)
             assert head.startswith(b"HTTP/1.1 200"), head[:80]
-        time.sleep(1.5)
-        return (vmrss_kib(svc.pid) - before) * 1024
+        return (settled_rss_kib(svc.pid) - before) * 1024
     finally:
         for c in socks:
             c.close()
@@ -132,14 +148,12 @@ def test_1000_idle_streams_cost_under_20_mb_beyond_their_connections(gateways):
         s.close()
     j = submit(svc, body(target="mem-warm", duration_ms=1))
     wait_terminal(svc, j)
-    time.sleep(1.0)
-    before = vmrss_kib(svc.pid)
+    before = settled_rss_kib(svc.pid)
 
     socks, bad = open_streams(svc.port, N_STREAMS)
     try:
         assert len(socks) == N_STREAMS, f"{len(socks)} of {N_STREAMS} streams opened; failures: {bad}"
-        time.sleep(1.5)
-        after = vmrss_kib(svc.pid)
+        after = settled_rss_kib(svc.pid)
         delta = (after - before) * 1024
         print(f"\n[live] {N_STREAMS} idle streams: VmRSS {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB, "
               f"+{delta / 1e6:.2f} MB ({delta / N_STREAMS / 1024:.1f} KiB per stream); {N_STREAMS} idle keep-alive "
