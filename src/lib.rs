@@ -15,6 +15,8 @@ pub mod executor;
 pub mod jobs;
 pub mod live;
 pub mod memory;
+#[cfg(target_os = "linux")]
+pub mod pool;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -6,6 +6,12 @@ use automation_gateway::config::{Cli, Command, Config};
 use automation_gateway::{App, store::Store, telemetry};
 use clap::Parser;
 
+/// Buffers of 8 to 64 KiB (each connection's HTTP buffers) from page-aligned pools, the rest from
+/// glibc: an idle connection then costs only the pages its buffers touch (see `pool`).
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOC: automation_gateway::pool::Pooled = automation_gateway::pool::Pooled;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     // One crypto provider (ring) serves every TLS client in the binary (a second one, aws-lc,

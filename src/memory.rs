@@ -14,6 +14,10 @@ use tokio_util::sync::CancellationToken;
 const PERIOD: Duration = Duration::from_secs(1);
 /// Free bytes held by the allocator above which it is trimmed.
 const THRESHOLD: usize = 1 << 20;
+/// Free bytes in the buffer pools' dirty blocks above which they are given back (a few
+/// blocks are not worth the system calls).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const POOL_THRESHOLD: usize = 256 * 1024;
 /// At most this many HTTP requests in the last period count as idle (probes and scrapes).
 const IDLE_REQUESTS: u64 = 50;
 
@@ -53,6 +57,10 @@ fn trim_if_worth_it() {
             libc::malloc_trim(0);
         }
     }
+    // The binary's buffer pools (empty where another allocator is global, as in tests).
+    if crate::pool::POOL.dirty_bytes() > POOL_THRESHOLD {
+        crate::pool::POOL.trim();
+    }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
@@ -62,10 +70,11 @@ fn trim_if_worth_it() {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn rss_anon_kib() -> u64 {
+    /// This process's anonymous resident memory (the pools' tests use it too).
+    pub(crate) fn rss_anon_kib() -> u64 {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         status
             .lines()

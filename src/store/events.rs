@@ -5,7 +5,7 @@
 //! inserted, but transactions commit in their own order, so on PostgreSQL a reader could see id
 //! 11 committed while id 10 is still in flight, move its position past 10, and lose it. Hence the
 //! horizon: every transaction that writes events holds a shared advisory lock from before its
-//! insert until its commit; `event_horizon` takes the same lock exclusively for an instant, so when
+//! insert's first id until its commit; `event_horizon` takes the same lock exclusively for an instant, so when
 //! it reads the largest id, every id below it is committed or rolled back for good. Readers only
 //! read up to a horizon. SQLite has one writer, so ids are handed out in commit order already.
 
@@ -51,9 +51,6 @@ pub(super) async fn insert(
     if events.is_empty() {
         return Ok(());
     }
-    if backend == Backend::Postgres {
-        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock_shared({EVENT_LOCK_KEY})")).await?;
-    }
     let rows: Vec<Vec<Value>> = events
         .into_iter()
         .map(|e| {
@@ -72,19 +69,36 @@ pub(super) async fn insert(
             ]
         })
         .collect();
-    let row = match backend {
-        Backend::Postgres => "(#::uuid,#::int8,#::text,#::text,#::text,#::text)",
-        Backend::Sqlite => "(#,#,#,#,#,#)",
-    };
-    values_in_chunks(
-        txn,
-        backend,
-        "INSERT INTO job_events (job_id, at, event, actor, request_id, detail)",
-        row,
-        "",
-        rows,
-    )
-    .await?;
+    match backend {
+        // The shared lock is taken by the statement itself, in a materialized CTE joined to the
+        // rows: every row the insert projects (and so every nextval of the id) comes after the
+        // lock is held, whatever the join order, and the transaction saves a round trip.
+        Backend::Postgres => {
+            values_in_chunks(
+                txn,
+                backend,
+                &format!(
+                    "WITH horizon AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared({EVENT_LOCK_KEY})) \
+                     INSERT INTO job_events (job_id, at, event, actor, request_id, detail) SELECT v.* FROM ("
+                ),
+                "(#::uuid,#::int8,#::text,#::text,#::text,#::text)",
+                ") AS v CROSS JOIN horizon",
+                rows,
+            )
+            .await?;
+        }
+        Backend::Sqlite => {
+            values_in_chunks(
+                txn,
+                backend,
+                "INSERT INTO job_events (job_id, at, event, actor, request_id, detail)",
+                "(#,#,#,#,#,#)",
+                "",
+                rows,
+            )
+            .await?;
+        }
+    }
     Ok(())
 }
 
