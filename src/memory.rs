@@ -70,11 +70,11 @@ fn trim_if_worth_it() {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
-    /// This process's anonymous resident memory (the pools' tests use it too).
-    pub(crate) fn rss_anon_kib() -> u64 {
+    /// This process's anonymous resident memory.
+    fn rss_anon_kib() -> u64 {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         status
             .lines()

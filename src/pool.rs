@@ -271,7 +271,6 @@ unsafe impl GlobalAlloc for Pooled {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::tests::rss_anon_kib;
 
     fn layout(size: usize) -> Layout {
         Layout::from_size_align(size, 8).expect("layout")
@@ -342,32 +341,43 @@ mod tests {
         }
     }
 
+    /// Resident pages among the blocks' pages, asked of the kernel page by page (`mincore`), so
+    /// that memory other tests allocate meanwhile in this process does not count.
+    fn resident_pages(blocks: &[*mut u8], size: usize) -> usize {
+        let mut vec = vec![0u8; size / PAGE];
+        blocks
+            .iter()
+            .map(|b| {
+                // SAFETY: each block is `size` page-aligned bytes of this pool's mapping.
+                let rc = unsafe { libc::mincore(b.cast(), size, vec.as_mut_ptr()) };
+                assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+                vec.iter().filter(|v| *v & 1 == 1).count()
+            })
+            .sum()
+    }
+
     #[test]
     fn only_touched_pages_are_resident_and_a_trim_gives_freed_pages_back() {
         let pool = Pool::new();
-        let before = rss_anon_kib();
         // 2 000 blocks of 8 KiB with one byte written each: one page apiece, not two or three.
         let blocks: Vec<_> = (0..2000).map(|_| pool.take(0)).collect();
+        assert_eq!(resident_pages(&blocks, 8192), 0, "fresh blocks are not resident");
         for b in &blocks {
             unsafe { b.write(1) };
         }
-        let touched = rss_anon_kib().saturating_sub(before);
-        // Other tests allocate meanwhile in this process: a margin, well below the 16 MB that
-        // whole blocks would cost.
-        assert!(touched < 2000 * 4 + 3000, "2 000 one-byte blocks made {touched} KiB resident");
+        assert_eq!(resident_pages(&blocks, 8192), 2000, "one written byte makes one page resident");
         // Fill them, free them, trim: all but the first page of each goes back.
         for b in &blocks {
             unsafe { b.write_bytes(7, 8192) };
         }
-        let full = rss_anon_kib();
+        assert_eq!(resident_pages(&blocks, 8192), 4000);
         for b in &blocks {
             unsafe { pool.give(0, *b) };
         }
         let released = pool.trim();
         assert_eq!(released, 2000 * 4096);
         assert_eq!(pool.dirty_bytes(), 0);
-        let after = rss_anon_kib();
-        assert!(full.saturating_sub(after) >= 6000, "RssAnon {full} kB -> {after} kB after the trim");
+        assert_eq!(resident_pages(&blocks, 8192), 2000, "only each block's first page is kept");
         // Trimmed blocks are reused (clean list), their second page now reads zero.
         let again = pool.take(0);
         assert!(blocks.contains(&again));
