@@ -9,19 +9,32 @@ use super::{Ctx, Finished, MAX_COMPLETE};
 use crate::jobs::JobStatus;
 use crate::store::{self, Completion};
 
-/// Writes completions in batches: one transaction for everything that finished meanwhile.
+/// Batches being written at once. Waiting for each commit before gathering the next batch
+/// left the database idle for a round trip per batch while results piled up; with a few in
+/// flight PostgreSQL groups their commits (SQLite's writer joins them into its next
+/// transaction). The batches hold disjoint attempts, so they cannot conflict.
+const IN_FLIGHT: usize = 4;
+
+/// Writes completions in batches: one statement or transaction for everything that finished
+/// meanwhile, up to `IN_FLIGHT` batches at a time.
 pub(super) async fn complete_loop(ctx: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<Finished>) {
-    let mut batch = Vec::with_capacity(MAX_COMPLETE);
+    let mut writing = tokio::task::JoinSet::new();
     loop {
         let first = tokio::select! {
-            f = rx.recv() => f,
-            // All workers are gone and shutdown is complete: drain what is left, then stop.
+            f = rx.recv(), if writing.len() < IN_FLIGHT => f,
+            Some(_) = writing.join_next(), if !writing.is_empty() => continue,
+            // All workers are gone, shutdown is complete and every result is written (attempts
+            // stay in `running` until then): drain what is left, then stop.
             _ = ctx.hard_stop.cancelled(), if rx.is_empty() && ctx.running.lock().map(|r| r.is_empty()).unwrap_or(true) => None,
         };
         let Some(first) = first else { break };
+        let mut batch = Vec::with_capacity(MAX_COMPLETE);
         crate::batch::gather(first, &mut rx, MAX_COMPLETE, &mut batch);
-        write_completions(&ctx, std::mem::take(&mut batch)).await;
+        let ctx = ctx.clone();
+        writing.spawn(async move { write_completions(&ctx, batch).await });
     }
+    while writing.join_next().await.is_some() {}
+    let mut batch = Vec::new();
     while let Ok(f) = rx.try_recv() {
         batch.push(f);
     }

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 mod event;
-pub use event::{EventKind, JobEvent, NewEvent};
+pub use event::{EventKind, GATEWAY, JobEvent, NewEvent};
 
 /// Longest accepted `target`, in characters.
 pub const MAX_TARGET_LEN: usize = 253;

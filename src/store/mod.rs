@@ -225,7 +225,20 @@ impl Store {
             }
             None => None,
         };
-        let result = Migrator::up(&self.inner.write, None).await;
+        let result = match self.inner.backend {
+            // sea-orm-migration runs SQLite migrations without a transaction: every DDL statement
+            // its own commit, each one fsync under synchronous=FULL (most of a cold start on an
+            // empty file). One transaction makes it one commit, and all-or-nothing on a crash.
+            Backend::Sqlite => {
+                async {
+                    let txn = self.inner.write.begin().await?;
+                    Migrator::up(&txn, None).await?;
+                    txn.commit().await
+                }
+                .await
+            }
+            Backend::Postgres => Migrator::up(&self.inner.write, None).await,
+        };
         if let Some(mut conn) = lock {
             let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(MIGRATION_LOCK_KEY).execute(&mut *conn).await;
         }

@@ -238,6 +238,22 @@ impl Store {
         owner: Uuid,
         now: i64,
     ) -> Result<Vec<ClaimedJob>, Error> {
+        if !serialize && self.inner.backend == Backend::Postgres {
+            // The claim and its events in one statement: its own transaction, one round trip.
+            let events = super::events::pg_events_from(
+                "claimed",
+                EventKind::Claimed,
+                "$3::int8",
+                "jsonb_build_object('attempt', s.attempts, 'replica', $1::uuid::text)",
+            );
+            let sql = format!("WITH claimed AS ({sql}), {events} SELECT * FROM claimed");
+            let rows = self.inner.write.query_all_raw(self.stmt(&sql, values)).await?;
+            let jobs = rows.iter().map(|r| rows::claimed(r, now)).collect::<Result<Vec<_>, _>>()?;
+            if !jobs.is_empty() {
+                self.note_events_written();
+            }
+            return Ok(jobs);
+        }
         let txn = self.inner.write.begin().await?;
         if serialize && self.inner.backend == Backend::Postgres {
             txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({CLAIM_LOCK_KEY})")).await?;
@@ -450,11 +466,72 @@ impl Store {
 
     async fn write_finished(&self, batch: &[Completion]) -> Result<Vec<Option<JobStatus>>, Error> {
         let now = now_us();
+        if batch.iter().all(|c| c.lost.is_none() && matches!(c.outcome, Outcome::Success(_) | Outcome::Failed(_))) {
+            return self.finish_terminal_pg(batch, now).await;
+        }
         let txn = self.inner.write.begin().await?;
         let (statuses, effects) = self.finish_in(&txn, batch, now).await?;
         txn.commit().await?;
         self.after_finish(effects);
         Ok(statuses)
+    }
+
+    /// PostgreSQL, attempts that all end their job (success or failure, none taken over): each
+    /// chunk's update, `finished` events and webhook outbox rows in one statement, so one round
+    /// trip instead of a transaction of four. The rows and events are `finish_in`'s, built in SQL.
+    async fn finish_terminal_pg(&self, batch: &[Completion], now: i64) -> Result<Vec<Option<JobStatus>>, Error> {
+        // Rows in id order, as in `finish_in`.
+        let mut order: Vec<&Completion> = batch.iter().collect();
+        order.sort_by_key(|c| c.id);
+        let rows: Vec<Vec<Value>> = order
+            .into_iter()
+            .map(|c| {
+                let (status, result, error) = match &c.outcome {
+                    Outcome::Success(r) => (JobStatus::Success, Some(r.to_string()), None),
+                    Outcome::Failed(e) => (JobStatus::Failed, None, Some(e.clone())),
+                    // Filtered out by the caller.
+                    Outcome::Canceled | Outcome::Retry { .. } => (JobStatus::Failed, None, None),
+                };
+                vec![c.id.0.into(), c.attempt.into(), status.as_str().into(), result.into(), error.into(), now.into()]
+            })
+            .collect();
+        let running = rows::sql(JobStatus::Running);
+        let events = super::events::pg_events_from(
+            "done",
+            EventKind::Finished,
+            "s.finished_at",
+            "jsonb_build_object('attempt', s.attempt, 'status', s.status, \
+             'duration_ms', (s.finished_at - s.started_at) / 1000, 'error', s.error)",
+        );
+        let prefix = "WITH done AS (UPDATE jobs SET status = v.column3, finished_at = v.column6, result = v.column4, \
+             error = v.column5, lease_owner = NULL, lease_until = NULL FROM (";
+        let suffix = format!(
+            ") AS v WHERE jobs.id = v.column1 AND jobs.attempts = v.column2 AND jobs.status = {running} \
+             RETURNING jobs.id AS id, jobs.status AS status, jobs.started_at AS started_at, \
+             jobs.callback_url AS callback_url, jobs.finished_at AS finished_at, v.column2 AS attempt, v.column5 AS error), \
+             {events}, \
+             outbox AS (INSERT INTO webhook_outbox (job_id, url, state, attempts, next_at, created_at) \
+             SELECT id, callback_url, 'pending', 0, finished_at, finished_at FROM done WHERE callback_url IS NOT NULL \
+             ON CONFLICT (job_id) DO NOTHING) \
+             SELECT id, status, callback_url FROM done"
+        );
+        let written = super::values_in_chunks(
+            &self.inner.write,
+            self.inner.backend,
+            prefix,
+            "(#::uuid,#::int4,#::text,#::text,#::text,#::int8)",
+            &suffix,
+            rows,
+        )
+        .await?;
+        let mut by_id = std::collections::HashMap::with_capacity(written.len());
+        let mut outbox = false;
+        for r in &written {
+            by_id.insert(rows::id(r)?, rows::status(r)?);
+            outbox |= get::<Option<String>>(r, "callback_url")?.is_some();
+        }
+        self.after_finish(FinishEffects { requeued: 0, wrote_events: !written.is_empty(), outbox });
+        Ok(batch.iter().map(|c| by_id.get(&c.id).copied()).collect())
     }
 
     /// What a committed finish still has to announce.
