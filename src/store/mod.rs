@@ -490,6 +490,9 @@ async fn exec(db: &impl ConnectionTrait, st: Statement) -> Result<u64, Error> {
 /// placeholder with `#`. Rows go in chunks whose sizes are powers of two, so each connection's
 /// prepared-statement cache holds at most nine shapes of the statement instead of one per batch
 /// size (which grew memory by tens of megabytes under load).
+/// The most rows `values_in_chunks` puts in one statement.
+pub(super) const MAX_CHUNK: usize = 256;
+
 async fn values_in_chunks(
     db: &impl ConnectionTrait,
     backend: Backend,
@@ -500,7 +503,7 @@ async fn values_in_chunks(
 ) -> Result<Vec<QueryResult>, Error> {
     let mut out = Vec::new();
     while !rows.is_empty() {
-        let take = 1usize << (usize::BITS - 1 - rows.len().min(256).leading_zeros());
+        let take = 1usize << (usize::BITS - 1 - rows.len().min(MAX_CHUNK).leading_zeros());
         let rest = rows.split_off(take);
         let mut sql = String::with_capacity(prefix.len() + suffix.len() + take * (row.len() + 16));
         sql.push_str(prefix);

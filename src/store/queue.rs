@@ -515,15 +515,18 @@ impl Store {
              ON CONFLICT (job_id) DO NOTHING) \
              SELECT id, status, callback_url FROM done"
         );
-        let written = super::values_in_chunks(
-            &self.inner.write,
-            self.inner.backend,
-            prefix,
-            "(#::uuid,#::int4,#::text,#::text,#::text,#::int8)",
-            &suffix,
-            rows,
-        )
-        .await?;
+        const ROW: &str = "(#::uuid,#::int4,#::text,#::text,#::text,#::int8)";
+        // A batch `values_in_chunks` sends as one statement commits on its own; one it splits
+        // runs in a transaction, so a failure never leaves part of the batch written (the retry
+        // would then find those attempts no longer RUNNING and drop their results and metrics).
+        let written = if rows.len().is_power_of_two() && rows.len() <= super::MAX_CHUNK {
+            super::values_in_chunks(&self.inner.write, self.inner.backend, prefix, ROW, &suffix, rows).await?
+        } else {
+            let txn = self.inner.write.begin().await?;
+            let written = super::values_in_chunks(&txn, self.inner.backend, prefix, ROW, &suffix, rows).await?;
+            txn.commit().await?;
+            written
+        };
         let mut by_id = std::collections::HashMap::with_capacity(written.len());
         let mut outbox = false;
         for r in &written {
