@@ -584,35 +584,8 @@ impl Store {
                 ]
             })
             .collect();
-        // A retry becomes CANCELED instead when a cancel was requested meanwhile.
-        let (pending, canceled, running) =
-            (rows::sql(JobStatus::Pending), rows::sql(JobStatus::Canceled), rows::sql(JobStatus::Running));
-        let prefix = format!(
-            "UPDATE jobs SET \
-             status = CASE WHEN v.column3 = {pending} AND jobs.cancel_requested THEN {canceled} ELSE v.column3 END, \
-             finished_at = CASE WHEN v.column3 = {pending} AND NOT jobs.cancel_requested THEN NULL ELSE v.column7 END, \
-             result = v.column4, error = v.column5, run_at = COALESCE(v.column6, jobs.run_at), \
-             external = CASE WHEN v.column3 = {pending} THEN NULL ELSE jobs.external END, \
-             lease_owner = NULL, lease_until = NULL \
-             FROM ("
-        );
-        let row = match self.inner.backend {
-            // PostgreSQL types the VALUES list from its first row; say what each column is.
-            Backend::Postgres => "(#::uuid,#::int4,#::text,#::text,#::text,#::int8,#::int8)",
-            Backend::Sqlite => "(#,#,#,#,#,#,#)",
-        };
-        let written = super::values_in_chunks(
-            txn,
-            self.inner.backend,
-            &prefix,
-            row,
-            &format!(
-                ") AS v WHERE jobs.id = v.column1 AND jobs.attempts = v.column2 AND jobs.status = {running} \
-             RETURNING jobs.id AS id, jobs.status AS status, jobs.started_at AS started_at, jobs.callback_url AS callback_url"
-            ),
-            rows,
-        )
-        .await?;
+        let (prefix, row, suffix) = finish_statement(self.inner.backend);
+        let written = super::values_in_chunks(txn, self.inner.backend, &prefix, row, &suffix, rows).await?;
         let mut by_id = std::collections::HashMap::with_capacity(written.len());
         let mut callbacks = Vec::new();
         let mut events = Vec::with_capacity(written.len() * 2);
@@ -744,6 +717,36 @@ impl Store {
     }
 }
 
+/// `finish_in`'s fenced update as `values_in_chunks` parts: each row is (id, attempt, status,
+/// result, error, run_at for a retry, finished_at). A retry becomes CANCELED instead when a
+/// cancel was requested meanwhile.
+fn finish_statement(backend: Backend) -> (String, &'static str, String) {
+    let (pending, canceled, running) =
+        (rows::sql(JobStatus::Pending), rows::sql(JobStatus::Canceled), rows::sql(JobStatus::Running));
+    let prefix = format!(
+        "UPDATE jobs SET \
+         status = CASE WHEN v.column3 = {pending} AND jobs.cancel_requested THEN {canceled} ELSE v.column3 END, \
+         finished_at = CASE WHEN v.column3 = {pending} AND NOT jobs.cancel_requested THEN NULL ELSE v.column7 END, \
+         result = v.column4, error = v.column5, run_at = COALESCE(v.column6, jobs.run_at), \
+         external = CASE WHEN v.column3 = {pending} THEN NULL ELSE jobs.external END, \
+         lease_owner = NULL, lease_until = NULL \
+         FROM ("
+    );
+    let (row, status) = match backend {
+        // PostgreSQL types the VALUES list from its first row; say what each column is.
+        Backend::Postgres => ("(#::uuid,#::int4,#::text,#::text,#::text,#::int8,#::int8)", "jobs.status"),
+        // The unary plus keeps SQLite (3.51) from reading every RUNNING job through the status
+        // index and scanning the VALUES list for each: a batch cost the number of running jobs
+        // times its size (about 50 us per finished job with 256 workers, against 10 by id).
+        Backend::Sqlite => ("(#,#,#,#,#,#,#)", "+jobs.status"),
+    };
+    let suffix = format!(
+        ") AS v WHERE jobs.id = v.column1 AND jobs.attempts = v.column2 AND {status} = {running} \
+         RETURNING jobs.id AS id, jobs.status AS status, jobs.started_at AS started_at, jobs.callback_url AS callback_url"
+    );
+    (prefix, row, suffix)
+}
+
 /// The events of a written completion: `status` is the job's status now, `duration_ms` since its
 /// first attempt started.
 fn finish_events(c: &Completion, status: JobStatus, duration_ms: Option<i64>, out: &mut Vec<NewEvent>) {
@@ -789,5 +792,45 @@ fn finish_events(c: &Completion, status: JobStatus, duration_ms: Option<i64>, ou
                 ));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The finish looks each job up by its id, whatever the batch size and however many jobs
+    /// are RUNNING: SQLite's plan for it once walked every RUNNING job for each batch.
+    #[tokio::test]
+    async fn sqlite_finish_finds_jobs_by_id() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let settings = super::super::Settings {
+            database_url: format!("sqlite://{}/plan.db?mode=rwc", dir.path().display()).parse()?,
+            db_max_connections: 16,
+            max_pending: 1000,
+            sqlite_max_size_mb: 0,
+        };
+        let store = Store::connect(&settings).await?;
+        store.migrate().await?;
+        let (prefix, row, suffix) = finish_statement(Backend::Sqlite);
+        for n in [1usize, 3, 64, 256] {
+            let rows = vec![vec![Value::String(None); 7]; n];
+            let plan = super::super::values_in_chunks(
+                &store.inner.write,
+                Backend::Sqlite,
+                &format!("EXPLAIN QUERY PLAN {prefix}"),
+                row,
+                &suffix,
+                rows,
+            )
+            .await?;
+            let steps: Vec<String> = plan.iter().map(|r| get::<String>(r, "detail")).collect::<Result<_, _>>()?;
+            let jobs: Vec<&String> = steps.iter().filter(|d| d.contains(" jobs ")).collect();
+            assert!(
+                !jobs.is_empty() && jobs.iter().all(|d| d.starts_with("SEARCH jobs") && d.contains("id=?)")),
+                "{n} rows: jobs must be searched by id, plan: {steps:?}"
+            );
+        }
+        Ok(())
     }
 }
