@@ -127,6 +127,7 @@ impl Store {
             let pool = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(config.db_max_connections)
                 .acquire_timeout(Duration::from_secs(5))
+                .after_connect(|conn, _| Box::pin(async move { tune_session(conn).await }))
                 .after_release(|conn, _| Box::pin(async move { Ok(healthy_after_use(conn)) }))
                 .connect_lazy_with(opts);
             let db = sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(pool);
@@ -358,6 +359,26 @@ impl Store {
         }
     }
 
+    /// PostgreSQL: runs `sql` as an unnamed statement, planned for its own parameters each time.
+    /// For the hot queue statements whose best plan changes as the table grows: a cached prepared
+    /// statement gets a generic plan after five runs and keeps it until the next ANALYZE, and the
+    /// terminal finish's, made while the table was nearly empty, read the whole table for every
+    /// batch once 30 000 jobs had run. Planning costs a fraction of a millisecond.
+    pub(super) async fn pg_query_planned(&self, sql: &str, values: Vec<Value>) -> Result<Vec<QueryResult>, Error> {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())).persistent(false);
+        for v in values {
+            q = match v {
+                Value::Uuid(v) => q.bind(v),
+                Value::BigInt(v) => q.bind(v),
+                Value::Int(v) => q.bind(v),
+                Value::String(v) => q.bind(v),
+                other => return Err(Error::Internal(format!("no PostgreSQL binding for {other:?}"))),
+            };
+        }
+        let rows = q.fetch_all(self.inner.write.get_postgres_connection_pool()).await.map_err(reads::sqlx_error)?;
+        Ok(rows.into_iter().map(QueryResult::from).collect())
+    }
+
     /// Stops accepting new jobs (graceful shutdown).
     pub fn close_for_writes(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
@@ -385,6 +406,19 @@ impl Store {
 /// disk, then a ROLLBACK that found no transaction) is closed: kept, its next BEGIN would become a
 /// SAVEPOINT inside a transaction that never commits, and every later write would be lost while
 /// looking committed. The pool opens a fresh connection instead.
+/// No bitmap scans in this process's PostgreSQL sessions. The queue's partial indexes
+/// (`jobs_pending_idx`, `jobs_running_idx`) keep an entry for every job that ever passed through
+/// their status until VACUUM runs. A plain index scan marks the entries of dead rows as it meets
+/// them and skips them cheaply afterwards; a bitmap scan never does, so each claim, heartbeat or
+/// count would visit the whole history again. Before the first ANALYZE (a new database, or
+/// autovacuum off) the planner also believes those indexes nearly empty and sorts every PENDING
+/// row for a claim of 256 (43 ms against 8.5 ms with 50 000 queued).
+async fn tune_session(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    use sqlx::Executor;
+    conn.execute("SET enable_bitmapscan = off").await?;
+    Ok(())
+}
+
 fn healthy_after_use<C: sqlx::Connection>(conn: &mut C) -> bool {
     if conn.is_in_transaction() {
         tracing::warn!("closing a database connection left inside a transaction");

@@ -141,7 +141,7 @@ async fn run_reader(pool: ReadPool, rx: Arc<Mutex<mpsc::Receiver<ReadRequest>>>,
     }
 }
 
-fn sqlx_error(e: sqlx::Error) -> Error {
+pub(super) fn sqlx_error(e: sqlx::Error) -> Error {
     Error::from(DbErr::Query(RuntimeErr::SqlxError(Arc::new(e))))
 }
 
