@@ -23,11 +23,21 @@ pub(super) async fn complete_loop(ctx: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver
     let mut writing = tokio::task::JoinSet::new();
     loop {
         let first = tokio::select! {
+            biased;
             f = rx.recv(), if writing.len() < IN_FLIGHT => f,
             Some(_) = writing.join_next(), if !writing.is_empty() => continue,
             // All workers are gone, shutdown is complete and every result is written (attempts
-            // stay in `running` until then): drain what is left, then stop.
-            _ = ctx.hard_stop.cancelled(), if rx.is_empty() && ctx.running.lock().map(|r| r.is_empty()).unwrap_or(true) => None,
+            // stay in `running` until then): drain what is left, then stop. A worker that hands
+            // its job over lists itself off without sending anything, so nothing would wake this
+            // loop when that empties `running`: once stopping, look again every few milliseconds.
+            _ = ctx.hard_stop.cancelled() => {
+                if rx.is_empty() && ctx.running.lock().map(|r| r.is_empty()).unwrap_or(true) {
+                    None
+                } else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+            }
         };
         let Some(first) = first else { break };
         let mut batch = Vec::with_capacity(MAX_COMPLETE);

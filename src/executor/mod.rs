@@ -254,15 +254,30 @@ impl Executor {
         // The dispatcher returns once every attempt it started has ended.
         let _ = tasks.dispatcher.await;
         timer.abort();
-        let mut background = tasks.background;
-        background.abort_all();
-        while background.join_next().await.is_some() {}
-        // Every worker has sent its completion: the hard stop tells the completer to drain and end.
+        // Every worker has sent its completion: the hard stop tells the completer to drain and
+        // end, and the heartbeat to stop (the other loops stopped with the claiming).
         self.ctx.hard_stop.cancel();
         let _ = tasks.completer.await;
+        // The loops end at their next turn, so a statement in flight completes. Aborted at an
+        // await, a statement's connection would go back to the pool with its answer unread
+        // (CI once saw a heartbeat aborted while PostgreSQL was resolving a deadlock with it).
+        let mut background = tasks.background;
+        let ended = tokio::time::timeout(BACKGROUND_STOP, async { while background.join_next().await.is_some() {} });
+        if ended.await.is_err() {
+            tracing::warn!(
+                wait_ms = BACKGROUND_STOP.as_millis() as u64,
+                "background loops still busy after the stop; abandoning them"
+            );
+            background.abort_all();
+            while background.join_next().await.is_some() {}
+        }
         tracing::info!("executor stopped");
     }
 }
+
+/// How long shutdown waits for the background loops (heartbeat, recovery, sampling, retention,
+/// LISTEN) to end on their own: a recovery pass writing a batch, a sample being read.
+const BACKGROUND_STOP: Duration = Duration::from_secs(5);
 
 fn poisoned() -> store::Error {
     store::Error::Internal("executor state lock poisoned".into())

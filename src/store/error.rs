@@ -31,7 +31,7 @@ pub enum Error {
     #[error("shutting down")]
     ShuttingDown,
     /// Anything else from the database: a bug or corrupt data.
-    #[error("database error")]
+    #[error("database error: {0}")]
     Other(#[source] DbErr),
     /// A stored value the service cannot read (a status it does not know, a malformed name).
     #[error("corrupt data: {0}")]

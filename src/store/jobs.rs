@@ -437,6 +437,11 @@ async fn insert_in(
         ]);
         ids.push(id);
     }
+    // Rows in idempotency-key order (a stable sort: among equal keys the first to arrive still
+    // wins). A client that retries on another replica while its first try is in flight puts
+    // the same key in two batches, and each insert waits for the other's row; two batches
+    // holding keys in opposite orders would deadlock.
+    rows.sort_by(|a, b| key_of(a).cmp(&key_of(b)));
     let inserted: std::collections::HashSet<Uuid> = values_in_chunks(
         txn,
         inner.backend,
@@ -522,4 +527,12 @@ async fn insert_in(
         })
         .collect();
     Ok(Inserted { results, created: inserted.len(), wrote_events })
+}
+
+/// The idempotency key of a row `insert_in` builds (its eighth value).
+fn key_of(row: &[Value]) -> Option<&str> {
+    match row.get(7) {
+        Some(Value::String(Some(k))) => Some(k.as_str()),
+        _ => None,
+    }
 }

@@ -384,11 +384,18 @@ impl Store {
         self.inner.closed.store(true, Ordering::SeqCst);
     }
 
+    /// Closes the pools. Bounded: a pool waits for every connection to come back, and one held
+    /// by a statement that never answers would otherwise keep the process from exiting.
     pub async fn close(&self) {
-        self.inner.readers.stop().await;
-        let _ = self.inner.write.clone().close().await;
-        if self.inner.backend == Backend::Sqlite {
-            let _ = self.inner.read.clone().close().await;
+        let close = async {
+            self.inner.readers.stop().await;
+            let _ = self.inner.write.clone().close().await;
+            if self.inner.backend == Backend::Sqlite {
+                let _ = self.inner.read.clone().close().await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(10), close).await.is_err() {
+            tracing::warn!("database connections still busy 10 s after shutdown; exiting without them");
         }
     }
 
@@ -401,11 +408,6 @@ impl Store {
     }
 }
 
-/// Decides, as a connection goes back to the pool, whether it may be used again. A connection
-/// whose transaction neither committed nor rolled back cleanly (a COMMIT that failed with a full
-/// disk, then a ROLLBACK that found no transaction) is closed: kept, its next BEGIN would become a
-/// SAVEPOINT inside a transaction that never commits, and every later write would be lost while
-/// looking committed. The pool opens a fresh connection instead.
 /// No bitmap scans in this process's PostgreSQL sessions. The queue's partial indexes
 /// (`jobs_pending_idx`, `jobs_running_idx`) keep an entry for every job that ever passed through
 /// their status until VACUUM runs. A plain index scan marks the entries of dead rows as it meets
@@ -419,6 +421,11 @@ async fn tune_session(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> 
     Ok(())
 }
 
+/// Decides, as a connection goes back to the pool, whether it may be used again. A connection
+/// whose transaction neither committed nor rolled back cleanly (a COMMIT that failed with a full
+/// disk, then a ROLLBACK that found no transaction) is closed: kept, its next BEGIN would become a
+/// SAVEPOINT inside a transaction that never commits, and every later write would be lost while
+/// looking committed. The pool opens a fresh connection instead.
 fn healthy_after_use<C: sqlx::Connection>(conn: &mut C) -> bool {
     if conn.is_in_transaction() {
         tracing::warn!("closing a database connection left inside a transaction");

@@ -434,10 +434,10 @@ impl Store {
     /// recovered it): its attempt must stop.
     pub async fn heartbeat(&self, owner: Uuid, lease_us: i64) -> Result<Vec<Held>, Error> {
         let until = now_us() + lease_us;
-        // Rows are locked in id order, the same order `finish_batch` writes them in, so a
-        // heartbeat and a completion batch of one process can never deadlock each other.
+        // Rows are locked in id order, as every writer of several jobs locks them (see
+        // `PG_LOCK_IN_ID_ORDER`), so a heartbeat and a completion batch never deadlock.
         let lock = match self.inner.backend {
-            Backend::Postgres => "ORDER BY id FOR UPDATE",
+            Backend::Postgres => "ORDER BY id FOR NO KEY UPDATE",
             Backend::Sqlite => "",
         };
         let sql = format!(
@@ -542,6 +542,12 @@ impl Store {
                 ]
             })
             .collect();
+        if self.inner.backend == Backend::Postgres {
+            // The rows' locks first, in id order (see `PG_LOCK_IN_ID_ORDER`): the update's own
+            // order is its plan's.
+            let ids = order.iter().map(|&i| batch[i].id.0.to_string()).collect::<Vec<_>>().join(",");
+            txn.execute_raw(self.stmt(PG_LOCK_IN_ID_ORDER, vec![format!("{{{ids}}}").into()])).await?;
+        }
         let (prefix, row, suffix) = finish_statement(self.inner.backend);
         let written = super::values_in_chunks(txn, self.inner.backend, &prefix, row, &suffix, rows).await?;
         let mut by_id = std::collections::HashMap::with_capacity(written.len());
@@ -706,12 +712,15 @@ fn finish_terminal_pg_statement(batch: &[Completion], now: i64) -> (String, Vec<
         "jsonb_build_object('attempt', s.attempt, 'status', s.status, \
          'duration_ms', (s.finished_at - s.started_at) / 1000, 'error', s.error)",
     );
+    // `locked` takes the rows' locks in id order before any is updated (see `PG_LOCK_IN_ID_ORDER`);
+    // the update only touches rows it has already locked.
     let sql = format!(
         "WITH v AS (SELECT * FROM jsonb_to_recordset($1::jsonb) \
          AS r(id uuid, attempt int4, status text, result text, error text) LIMIT $3), \
+         locked AS MATERIALIZED (SELECT id FROM jobs WHERE id IN (SELECT id FROM v) ORDER BY id FOR NO KEY UPDATE), \
          done AS (UPDATE jobs SET status = v.status, finished_at = $2, result = v.result, \
-         error = v.error, lease_owner = NULL, lease_until = NULL FROM v \
-         WHERE jobs.id = v.id AND jobs.attempts = v.attempt AND (jobs.status || '') = {running} \
+         error = v.error, lease_owner = NULL, lease_until = NULL FROM v, locked \
+         WHERE jobs.id = v.id AND locked.id = v.id AND jobs.attempts = v.attempt AND (jobs.status || '') = {running} \
          RETURNING jobs.id AS id, jobs.status AS status, jobs.started_at AS started_at, \
          jobs.callback_url AS callback_url, jobs.finished_at AS finished_at, v.attempt AS attempt, v.error AS error), \
          {events}, \
@@ -724,6 +733,14 @@ fn finish_terminal_pg_statement(batch: &[Completion], now: i64) -> (String, Vec<
     let values: Vec<Value> = vec![Json::Array(rows).to_string().into(), now.into(), n.into()];
     (sql, values)
 }
+
+/// PostgreSQL: locks the jobs whose ids are in `$1` (an array literal) in id order, inside the
+/// transaction that then writes them. Every statement that writes several jobs takes their locks
+/// in id order (the heartbeat, the finishes): two that took them in different orders could each
+/// hold a row the other waits for, and PostgreSQL would abort one as a deadlock. An update's own
+/// order is its plan's: on a small table a scan meets rows in their physical order, which each
+/// new row version changes.
+const PG_LOCK_IN_ID_ORDER: &str = "SELECT id FROM jobs WHERE id = ANY($1::text::uuid[]) ORDER BY id FOR NO KEY UPDATE";
 
 /// `finish_in`'s fenced update as `values_in_chunks` parts: each row is (id, attempt, status,
 /// result, error, run_at for a retry, finished_at). A retry becomes CANCELED instead when a
@@ -849,6 +866,16 @@ mod tests {
     /// entries), the finish looks each job up by its primary key.
     #[tokio::test]
     async fn postgres_claim_and_finish_plans_stay_index_lookups() -> Result<(), Box<dyn std::error::Error>> {
+        in_fresh_pg_database(|url| async move { plans_after_history(&url).await }).await
+    }
+
+    /// Runs `test` against a new PostgreSQL database (TEST_PG_URL's server, or 127.0.0.1:5432),
+    /// dropped afterwards whatever the outcome.
+    async fn in_fresh_pg_database<F, Fut>(test: F) -> Result<(), Box<dyn std::error::Error>>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Result<(), Box<dyn std::error::Error>>>,
+    {
         use sqlx::Connection;
         let admin =
             std::env::var("TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
@@ -859,11 +886,83 @@ mod tests {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
         let mut url = url::Url::parse(&admin)?;
         url.set_path(&name);
-        let result = plans_after_history(url.as_str()).await;
+        let result = test(url.to_string()).await;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
             .execute(&mut conn)
             .await?;
         result
+    }
+
+    /// Every statement that writes several jobs locks their rows in id order, whatever plan the
+    /// database picks, as the heartbeat does: two writers that lock in different orders can
+    /// deadlock, and PostgreSQL then aborts one of them (seen in CI as a heartbeat aborted at
+    /// shutdown while a completion batch waited on it). Here a session holds the lower id and
+    /// then asks for the higher one, the way a heartbeat walks its jobs, while a batch finishes
+    /// both. The rows' physical order is the reverse of their id order, which is the order a
+    /// scan of this small table meets them in.
+    #[tokio::test]
+    async fn postgres_finishes_lock_jobs_in_id_order() -> Result<(), Box<dyn std::error::Error>> {
+        in_fresh_pg_database(|url| async move {
+            use sqlx::Connection;
+            let settings = super::super::Settings {
+                database_url: url.parse()?,
+                db_max_connections: 4,
+                max_pending: 1000,
+                sqlite_max_size_mb: 0,
+            };
+            let store = Store::connect(&settings).await?;
+            store.migrate().await?;
+            store
+                .inner
+                .write
+                .execute_unprepared(&INSERT_JOBS.replace("generate_series(1, 40000)", "generate_series(1, 4)"))
+                .await?;
+            let owner = Uuid::new_v4();
+            let mut jobs = store.claim_batch(owner, 4, 60_000_000, &[]).await?;
+            jobs.sort_by_key(|j| j.id);
+            assert_eq!(jobs.len(), 4);
+            // The lower job of each pair gets a newer row version, placed after the higher one.
+            for j in [&jobs[0], &jobs[2]] {
+                store
+                    .inner
+                    .write
+                    .execute_raw(
+                        store.stmt("UPDATE jobs SET lease_until = lease_until WHERE id = $1", vec![j.id.0.into()]),
+                    )
+                    .await?;
+            }
+            let done = |j: &ClaimedJob, lost: Option<Uuid>| Completion {
+                id: j.id,
+                attempt: j.attempt,
+                outcome: Outcome::Success(json!({})),
+                lost,
+            };
+            // Workers' results (one statement) and recovery's (a transaction).
+            let cases = [
+                ("results of this process's workers", [done(&jobs[0], None), done(&jobs[1], None)]),
+                ("results of lease recovery", [done(&jobs[2], Some(owner)), done(&jobs[3], Some(owner))]),
+            ];
+            for (what, batch) in cases {
+                let (low, high) = (batch[0].id, batch[1].id);
+                let mut walker = sqlx::PgConnection::connect(&url).await?;
+                sqlx::raw_sql("BEGIN; SET LOCAL lock_timeout = '10s'").execute(&mut walker).await?;
+                let lock = "SELECT id FROM jobs WHERE id = $1 FOR NO KEY UPDATE";
+                sqlx::query(lock).bind(low.0).execute(&mut walker).await?;
+                let finishing = tokio::spawn({
+                    let (store, batch) = (store.clone(), batch.to_vec());
+                    async move { store.finish_batch(&batch).await }
+                });
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                let second = sqlx::query(lock).bind(high.0).execute(&mut walker).await;
+                sqlx::raw_sql("COMMIT").execute(&mut walker).await?;
+                let finished = finishing.await?;
+                assert!(second.is_ok(), "{what}: the session walking in id order was refused: {second:?}");
+                let statuses = finished.map_err(|e| format!("{what}: the batch failed: {e}"))?;
+                assert_eq!(statuses, vec![Some(JobStatus::Success); 2], "{what}");
+            }
+            Ok(())
+        })
+        .await
     }
 
     const INSERT_JOBS: &str = "INSERT INTO jobs (id, action, target, requested_by, parameters, status, attempts, created_at, run_at) \

@@ -259,6 +259,7 @@ pub struct Gateway {
     pub child: Child,
     pub addr: String,
     pub log: Arc<Mutex<Vec<String>>>,
+    db_url: String,
 }
 
 pub fn free_port() -> u16 {
@@ -304,7 +305,7 @@ impl Gateway {
             assert!(Instant::now() < deadline, "gateway did not become ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Self { child, addr, log }
+        Self { child, addr, log, db_url: db_url.to_owned() }
     }
 
     pub fn kill(&mut self) {
@@ -322,9 +323,25 @@ impl Gateway {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        // What it was doing: its last log lines.
-        let tail = self.log.lock().map(|l| l[l.len().saturating_sub(40)..].join("\n")).unwrap_or_default();
-        panic!("gateway did not exit within 60 s of SIGTERM; its last log lines:\n{tail}");
+        // What it was doing: its last log lines, and on PostgreSQL what its sessions wait for.
+        let tail = self.log.lock().map(|l| l[l.len().saturating_sub(120)..].join("\n")).unwrap_or_default();
+        let sessions = if self.db_url.starts_with("postgres") {
+            Command::new("psql")
+                .args([
+                    &self.db_url,
+                    "-Atc",
+                    "SELECT pid, state, wait_event_type, wait_event, now() - xact_start, left(query, 300) \
+                     FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                ])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_else(|e| format!("psql failed: {e}"))
+        } else {
+            String::new()
+        };
+        panic!(
+            "gateway did not exit within 60 s of SIGTERM; its last log lines:\n{tail}\ndatabase sessions:\n{sessions}"
+        );
     }
 
     /// Job ids of every attempt this process started, from its log.
