@@ -713,16 +713,19 @@ fn finish_terminal_pg_statement(batch: &[Completion], now: i64) -> (String, Vec<
          'duration_ms', (s.finished_at - s.started_at) / 1000, 'error', s.error)",
     );
     // `locked` takes the rows' locks in id order before any is updated (see `PG_LOCK_IN_ID_ORDER`);
-    // the update only touches rows it has already locked.
+    // the update only touches rows it has already locked. It carries the batch's values along so
+    // the update joins one set by primary key: joining `v` again beside it made the planner test
+    // every pair (a nested loop with a join filter, quadratic in the batch: 40 ms for 256 jobs).
     let sql = format!(
         "WITH v AS (SELECT * FROM jsonb_to_recordset($1::jsonb) \
          AS r(id uuid, attempt int4, status text, result text, error text) LIMIT $3), \
-         locked AS MATERIALIZED (SELECT id FROM jobs WHERE id IN (SELECT id FROM v) ORDER BY id FOR NO KEY UPDATE), \
-         done AS (UPDATE jobs SET status = v.status, finished_at = $2, result = v.result, \
-         error = v.error, lease_owner = NULL, lease_until = NULL FROM v, locked \
-         WHERE jobs.id = v.id AND locked.id = v.id AND jobs.attempts = v.attempt AND (jobs.status || '') = {running} \
+         locked AS MATERIALIZED (SELECT jobs.id, v.attempt, v.status, v.result, v.error FROM jobs JOIN v ON jobs.id = v.id \
+         ORDER BY jobs.id FOR NO KEY UPDATE OF jobs), \
+         done AS (UPDATE jobs SET status = l.status, finished_at = $2, result = l.result, \
+         error = l.error, lease_owner = NULL, lease_until = NULL FROM locked l \
+         WHERE jobs.id = l.id AND jobs.attempts = l.attempt AND (jobs.status || '') = {running} \
          RETURNING jobs.id AS id, jobs.status AS status, jobs.started_at AS started_at, \
-         jobs.callback_url AS callback_url, jobs.finished_at AS finished_at, v.attempt AS attempt, v.error AS error), \
+         jobs.callback_url AS callback_url, jobs.finished_at AS finished_at, l.attempt AS attempt, l.error AS error), \
          {events}, \
          outbox AS (INSERT INTO webhook_outbox (job_id, url, state, attempts, next_at, created_at) \
          SELECT id, callback_url, 'pending', 0, finished_at, finished_at FROM done WHERE callback_url IS NOT NULL \
@@ -1018,8 +1021,9 @@ mod tests {
             assert!(
                 plan.contains("Index Scan using jobs_pkey")
                     && !plan.contains("Seq Scan on jobs")
-                    && !plan.contains("Bitmap"),
-                "{n} jobs: the finish must look each job up by id:\n{plan}"
+                    && !plan.contains("Bitmap")
+                    && !plan.contains("Join Filter"),
+                "{n} jobs: the finish must look each job up by id, once:\n{plan}"
             );
         }
         Ok(())

@@ -77,7 +77,9 @@ async fn a_dead_workers_jobs_are_recovered_by_their_action_policy(backend: Backe
 both_backends!(a_gateway_killed_mid_run_loses_no_accepted_job);
 async fn a_gateway_killed_mid_run_loses_no_accepted_job(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let env = [("GATEWAY_LEASE_SECS", "2"), ("GATEWAY_WORKERS", "8"), ("GATEWAY_SIM_DURATION_MS", "10-40")];
+    // 300 jobs on 8 workers at 60-120 ms take about 3.4 s, so the kill lands mid-run even when the
+    // posts are slow (at 10-40 ms a loaded CI machine saw every job done before the kill).
+    let env = [("GATEWAY_LEASE_SECS", "2"), ("GATEWAY_WORKERS", "8"), ("GATEWAY_SIM_DURATION_MS", "60-120")];
     let mut a = Gateway::start(&db.url, &env).await;
     let client = http_client();
     let bodies: Vec<Value> = (0..300)
