@@ -116,12 +116,12 @@ fn target(backend: &str, key: &str) -> &'static str {
     match (backend, key) {
         ("sqlite", "post") => "8 000/s at p99 <= 15 ms (stretch 20 000/s)",
         ("postgres", "post") => "5 000/s (stretch 10 000/s)",
-        ("sqlite", "e2e") => "10 000/s (stretch 15 000/s)",
+        ("sqlite", "e2e") => "10 000/s, POST p99 <= 10 ms (stretch 15 000/s, 5 ms)",
         ("sqlite", "e2e_http") => "5 000/s (stretch 10 000/s)",
         ("postgres", "e2e_http") => "4 000/s (stretch 8 000/s)",
         (_, "cold_start") => "<= 50 ms (stretch 20 ms)",
         (_, "e2e_sse") => "within 5 % of end-to-end without streams",
-        ("postgres", "e2e") => "7 000/s (stretch 10 000/s)",
+        ("postgres", "e2e") => "7 000/s, POST p99 <= 10 ms (stretch 10 000/s, 5 ms)",
         (_, "drain") => "10 000/s (stretch 20 000/s)",
         (_, "dispatch_serial" | "dispatch_half") => "p50 <= 2 ms, p99 <= 10 ms (stretch 1 / 5 ms)",
         (_, "dispatch_xr_serial" | "dispatch_xr_half") => "p50 <= 10 ms, p99 <= 50 ms (stretch p50 <= 5 ms)",
@@ -469,12 +469,18 @@ impl Rep<'_> {
         );
 
         // Phase 3: end to end on the same process.
-        let (e2e, run) = self.end_to_end(w.addr, w.addr, plan.e2e_jobs).await?;
+        let (e2e, mut run) = self.end_to_end(w.addr, w.addr, plan.e2e_jobs).await?;
+        let (p50, p99) = (run.lat.pct_ms(50.0), run.lat.pct_ms(99.0));
         self.fig(
             "e2e",
             "end-to-end instant jobs (POST -> SUCCESS persisted)",
             format!("conns={} n={} workers={}", plan.conns, run.jobs.len(), w.workers),
-            vec![("", e2e, "jobs/s"), ("POST rate meanwhile", run.rate(), "req/s")],
+            vec![
+                ("", e2e, "jobs/s"),
+                ("POST rate meanwhile", run.rate(), "req/s"),
+                ("POST p50 meanwhile", p50, "ms"),
+                ("POST p99 meanwhile", p99, "ms"),
+            ],
         );
         self.check_settled(w.addr, "end-to-end").await?;
 

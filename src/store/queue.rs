@@ -247,7 +247,7 @@ impl Store {
                 "jsonb_build_object('attempt', s.attempts, 'replica', $1::uuid::text)",
             );
             let sql = format!("WITH claimed AS ({sql}), {events} SELECT * FROM claimed");
-            let rows = self.pg_query_planned(&sql, values).await?;
+            let rows = self.inner.write.query_all_raw(self.stmt(&sql, values)).await?;
             let jobs = rows.iter().map(|r| rows::claimed(r, now)).collect::<Result<Vec<_>, _>>()?;
             if !jobs.is_empty() {
                 self.note_events_written();
@@ -484,7 +484,7 @@ impl Store {
     /// are `finish_in`'s, built in SQL.
     async fn finish_terminal_pg(&self, batch: &[Completion], now: i64) -> Result<Vec<Option<JobStatus>>, Error> {
         let (sql, values) = finish_terminal_pg_statement(batch, now);
-        let written = self.pg_query_planned(&sql, values).await?;
+        let written = self.inner.write.query_all_raw(self.stmt(&sql, values)).await?;
         let mut by_id = std::collections::HashMap::with_capacity(written.len());
         let mut outbox = false;
         for r in &written {
@@ -827,20 +827,40 @@ fn finish_events(c: &Completion, status: JobStatus, duration_ms: Option<i64>, ou
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sea_orm::{DbBackend, Statement};
+
+    /// A store on `url`, migrated.
+    async fn migrated_store(
+        url: impl AsRef<str>,
+        db_max_connections: u32,
+        max_pending: u64,
+    ) -> Result<Store, Box<dyn std::error::Error>> {
+        let settings = super::super::Settings {
+            database_url: url.as_ref().parse()?,
+            db_max_connections,
+            max_pending,
+            sqlite_max_size_mb: 0,
+        };
+        let store = Store::connect(&settings).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Claims up to `n` jobs for `owner` and returns their successful completions.
+    async fn claimed_as_successes(store: &Store, owner: Uuid, n: usize) -> Result<Vec<Completion>, Error> {
+        let jobs = store.claim_batch(owner, n, 60_000_000, &[]).await?;
+        Ok(jobs
+            .iter()
+            .map(|j| Completion { id: j.id, attempt: j.attempt, outcome: Outcome::Success(json!({})), lost: None })
+            .collect())
+    }
 
     /// The finish looks each job up by its id, whatever the batch size and however many jobs
     /// are RUNNING: SQLite's plan for it once walked every RUNNING job for each batch.
     #[tokio::test]
     async fn sqlite_finish_finds_jobs_by_id() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let settings = super::super::Settings {
-            database_url: format!("sqlite://{}/plan.db?mode=rwc", dir.path().display()).parse()?,
-            db_max_connections: 16,
-            max_pending: 1000,
-            sqlite_max_size_mb: 0,
-        };
-        let store = Store::connect(&settings).await?;
-        store.migrate().await?;
+        let store = migrated_store(format!("sqlite://{}/plan.db?mode=rwc", dir.path().display()), 16, 1000).await?;
         let (prefix, row, suffix) = finish_statement(Backend::Sqlite);
         for n in [1usize, 3, 64, 256] {
             let rows = vec![vec![Value::String(None); 7]; n];
@@ -907,19 +927,8 @@ mod tests {
     async fn postgres_finishes_lock_jobs_in_id_order() -> Result<(), Box<dyn std::error::Error>> {
         in_fresh_pg_database(|url| async move {
             use sqlx::Connection;
-            let settings = super::super::Settings {
-                database_url: url.parse()?,
-                db_max_connections: 4,
-                max_pending: 1000,
-                sqlite_max_size_mb: 0,
-            };
-            let store = Store::connect(&settings).await?;
-            store.migrate().await?;
-            store
-                .inner
-                .write
-                .execute_unprepared(&INSERT_JOBS.replace("generate_series(1, 40000)", "generate_series(1, 4)"))
-                .await?;
+            let store = migrated_store(&url, 4, 1000).await?;
+            store.inner.write.execute_unprepared(&insert_jobs(4)).await?;
             let owner = Uuid::new_v4();
             let mut jobs = store.claim_batch(owner, 4, 60_000_000, &[]).await?;
             jobs.sort_by_key(|j| j.id);
@@ -968,21 +977,71 @@ mod tests {
         .await
     }
 
-    const INSERT_JOBS: &str = "INSERT INTO jobs (id, action, target, requested_by, parameters, status, attempts, created_at, run_at) \
-         SELECT (lpad(to_hex(i), 12, '0') || '7000' || lpad(to_hex(i), 16, '0'))::uuid, 'health_check', 'plan', \
-         'test', '{}', 'PENDING', 0, i, i FROM generate_series(1, 40000) i";
+    /// `n` PENDING jobs, written directly.
+    fn insert_jobs(n: u32) -> String {
+        format!(
+            "INSERT INTO jobs (id, action, target, requested_by, parameters, status, attempts, created_at, run_at) \
+             SELECT (lpad(to_hex(i), 12, '0') || '7000' || lpad(to_hex(i), 16, '0'))::uuid, 'health_check', 'plan', \
+             'test', '{{}}', 'PENDING', 0, i, i FROM generate_series(1, {n}) i"
+        )
+    }
+
+    /// The claim and the finish are prepared once per connection, and PostgreSQL may keep a
+    /// generic plan for them, made with the statistics of that moment. Made on a table of three
+    /// jobs, that plan once read the whole table for every batch, however large it grew. Here the
+    /// generic plans are forced on such a table and must still go through the indexes.
+    #[tokio::test]
+    async fn postgres_generic_plans_made_on_a_new_table_use_the_indexes() -> Result<(), Box<dyn std::error::Error>> {
+        in_fresh_pg_database(|url| async move { generic_plans_on_a_new_table(&url).await }).await
+    }
+
+    async fn generic_plans_on_a_new_table(url: &str) -> Result<(), Box<dyn std::error::Error>> {
+        let store = migrated_store(url, 2, 1000).await?;
+        store.inner.write.execute_unprepared(&insert_jobs(3)).await?;
+        let owner = Uuid::new_v4();
+        let running = claimed_as_successes(&store, owner, 2).await?;
+        assert_eq!(running.len(), 2);
+        // One connection for PREPARE and EXPLAIN EXECUTE: a transaction holds it.
+        let txn = store.inner.write.begin().await?;
+        txn.execute_unprepared("SET LOCAL plan_cache_mode = force_generic_plan").await?;
+        let generic_plan = |name: &'static str, sql: String, values: Vec<Value>| {
+            let txn = &txn;
+            async move {
+                txn.execute_unprepared(&format!("PREPARE {name} AS {sql}")).await?;
+                let args: Vec<String> = (1..=values.len()).map(|i| format!("${i}")).collect();
+                // EXECUTE takes its arguments as literals; the statement's Display writes them.
+                let explain = Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    format!("EXPLAIN EXECUTE {name}({})", args.join(", ")),
+                    values,
+                )
+                .to_string();
+                let rows = txn.query_all_raw(Statement::from_string(DbBackend::Postgres, explain)).await?;
+                let plan: Vec<String> =
+                    rows.iter().map(|r| get::<String>(r, "QUERY PLAN")).collect::<Result<_, _>>()?;
+                Ok::<_, Box<dyn std::error::Error>>(plan.join("\n"))
+            }
+        };
+        let (claim, values) = store.claim_statement(owner, 256, 60_000_000, &[], now_us());
+        let plan = generic_plan("claim", claim, values).await?;
+        assert!(
+            plan.contains("Index Scan using jobs_pending_idx") && !plan.contains("Seq Scan"),
+            "the claim's generic plan must read the pending index:\n{plan}"
+        );
+        let (finish, values) = finish_terminal_pg_statement(&running, now_us());
+        let plan = generic_plan("finish", finish, values).await?;
+        assert!(
+            plan.contains("Index Scan using jobs_pkey") && !plan.contains("Seq Scan on jobs"),
+            "the finish's generic plan must look each job up by id:\n{plan}"
+        );
+        txn.rollback().await?;
+        Ok(())
+    }
 
     async fn plans_after_history(url: &str) -> Result<(), Box<dyn std::error::Error>> {
-        let settings = super::super::Settings {
-            database_url: url.parse()?,
-            db_max_connections: 4,
-            max_pending: 100_000,
-            sqlite_max_size_mb: 0,
-        };
-        let store = Store::connect(&settings).await?;
-        store.migrate().await?;
+        let store = migrated_store(url, 4, 100_000).await?;
         // 40 000 queued jobs; 20 claims of 256 run and finish, leaving dead index entries behind.
-        store.inner.write.execute_unprepared(INSERT_JOBS).await?;
+        store.inner.write.execute_unprepared(&insert_jobs(40_000)).await?;
         let owner = Uuid::new_v4();
         for _ in 0..20 {
             let jobs = store.claim_batch(owner, 256, 60_000_000, &[]).await?;
@@ -994,12 +1053,7 @@ mod tests {
             let statuses = store.finish_batch(&batch).await?;
             assert!(statuses.iter().all(|s| *s == Some(JobStatus::Success)), "{statuses:?}");
         }
-        let running: Vec<Completion> = store
-            .claim_batch(owner, 64, 60_000_000, &[])
-            .await?
-            .iter()
-            .map(|j| Completion { id: j.id, attempt: j.attempt, outcome: Outcome::Success(json!({})), lost: None })
-            .collect();
+        let running = claimed_as_successes(&store, owner, 64).await?;
         let explain = |sql: String, values: Vec<Value>| {
             let store = store.clone();
             async move {
