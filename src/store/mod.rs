@@ -4,7 +4,6 @@
 //! PostgreSQL: one pool; claims use `FOR UPDATE SKIP LOCKED` so replicas share the queue, and
 //! wake-ups travel by LISTEN/NOTIFY. Policy (retries, timeouts) belongs to the executor.
 
-mod checkpoint;
 mod error;
 mod events;
 mod jobs;
@@ -142,27 +141,18 @@ impl Store {
                 // A job is on disk before its 202: FULL syncs the WAL at every commit.
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(30));
-            let mut write_opts =
-                opts.clone().pragma("wal_autocheckpoint", checkpoint::WRITER_AUTOCHECKPOINT_PAGES.to_string());
+            let mut write_opts = opts.clone();
             if config.sqlite_max_size_mb > 0 {
                 // In pages of the default 4 KiB; SQLite answers SQLITE_FULL past it, as on a full disk.
                 write_opts = write_opts.pragma("max_page_count", (config.sqlite_max_size_mb * 256).to_string());
             }
-            // Signalled after each use of the writer: the checkpointer's wake-up.
-            let wrote = Arc::new(Notify::new());
             // One writer: writes queue in the pool instead of failing with SQLITE_BUSY.
             let write_pool = SqlitePoolOptions::new()
                 .max_connections(1)
                 .min_connections(1)
                 .test_before_acquire(false)
                 .acquire_timeout(Duration::from_secs(30))
-                .after_release({
-                    let wrote = wrote.clone();
-                    move |conn, _| {
-                        wrote.notify_one();
-                        Box::pin(async move { Ok(healthy_after_use(conn)) })
-                    }
-                })
+                .after_release(|conn, _| Box::pin(async move { Ok(healthy_after_use(conn)) }))
                 .connect_with(write_opts)
                 .await
                 .map_err(|e| Error::Unavailable(sea_orm::DbErr::Conn(sea_orm::RuntimeErr::SqlxError(Arc::new(e)))))?;
@@ -174,11 +164,9 @@ impl Store {
                 // SQLite's page cache is 2 MB per connection by default, filled as the file
                 // grows: six readers' caches were most of what the resident set gained with queue
                 // depth. Point reads measured as fast with a small one (the OS caches the file).
-                .connect_with(opts.clone().read_only(true).pragma("cache_size", format!("-{READER_CACHE_KIB}")))
+                .connect_with(opts.read_only(true).pragma("cache_size", format!("-{READER_CACHE_KIB}")))
                 .await
                 .map_err(|e| Error::Unavailable(sea_orm::DbErr::Conn(sea_orm::RuntimeErr::SqlxError(Arc::new(e)))))?;
-            // Checkpoints copy WAL frames straight into the file: no page cache to speak of.
-            checkpoint::spawn(opts.pragma("cache_size", "-64"), wrote);
             (
                 Backend::Sqlite,
                 sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(write_pool),
