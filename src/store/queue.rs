@@ -827,7 +827,7 @@ fn finish_events(c: &Completion, status: JobStatus, duration_ms: Option<i64>, ou
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sea_orm::{DbBackend, Statement};
+    use sea_orm::{DbBackend, QueryResult, Statement};
 
     /// A store on `url`, migrated.
     async fn migrated_store(
@@ -853,6 +853,12 @@ mod tests {
             .iter()
             .map(|j| Completion { id: j.id, attempt: j.attempt, outcome: Outcome::Success(json!({})), lost: None })
             .collect())
+    }
+
+    /// An EXPLAIN's rows as one text.
+    fn plan_text(rows: &[QueryResult]) -> Result<String, Box<dyn std::error::Error>> {
+        let lines: Vec<String> = rows.iter().map(|r| get::<String>(r, "QUERY PLAN")).collect::<Result<_, _>>()?;
+        Ok(lines.join("\n"))
     }
 
     /// The finish looks each job up by its id, whatever the batch size and however many jobs
@@ -1017,9 +1023,7 @@ mod tests {
                 )
                 .to_string();
                 let rows = txn.query_all_raw(Statement::from_string(DbBackend::Postgres, explain)).await?;
-                let plan: Vec<String> =
-                    rows.iter().map(|r| get::<String>(r, "QUERY PLAN")).collect::<Result<_, _>>()?;
-                Ok::<_, Box<dyn std::error::Error>>(plan.join("\n"))
+                plan_text(&rows)
             }
         };
         let (claim, values) = store.claim_statement(owner, 256, 60_000_000, &[], now_us());
@@ -1044,12 +1048,8 @@ mod tests {
         store.inner.write.execute_unprepared(&insert_jobs(40_000)).await?;
         let owner = Uuid::new_v4();
         for _ in 0..20 {
-            let jobs = store.claim_batch(owner, 256, 60_000_000, &[]).await?;
-            assert_eq!(jobs.len(), 256);
-            let batch: Vec<Completion> = jobs
-                .iter()
-                .map(|j| Completion { id: j.id, attempt: j.attempt, outcome: Outcome::Success(json!({})), lost: None })
-                .collect();
+            let batch = claimed_as_successes(&store, owner, 256).await?;
+            assert_eq!(batch.len(), 256);
             let statuses = store.finish_batch(&batch).await?;
             assert!(statuses.iter().all(|s| *s == Some(JobStatus::Success)), "{statuses:?}");
         }
@@ -1058,9 +1058,7 @@ mod tests {
             let store = store.clone();
             async move {
                 let rows = store.inner.write.query_all_raw(store.stmt(&format!("EXPLAIN {sql}"), values)).await?;
-                let plan: Vec<String> =
-                    rows.iter().map(|r| get::<String>(r, "QUERY PLAN")).collect::<Result<_, _>>()?;
-                Ok::<_, Box<dyn std::error::Error>>(plan.join("\n"))
+                plan_text(&rows)
             }
         };
         let (claim, values) = store.claim_statement(owner, 256, 60_000_000, &[], now_us());
