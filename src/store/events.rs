@@ -116,6 +116,20 @@ pub(super) fn pg_events_from(source: &str, kind: EventKind, at: &str, detail: &s
     )
 }
 
+/// PostgreSQL: the CTE `horizon`, which takes the shared lock of `insert` once every row of the
+/// CTE `rows` exists, and only when there is one (`also`: further select items evaluated with
+/// it, once). Events inserted from `rows` cross joined with it get their ids after the lock is
+/// held. Taken after `rows` rather than first: `rows` may wait on another transaction's row (an
+/// idempotency key in flight), and a writer waiting while it holds the shared lock queues a
+/// horizon reader's exclusive request, behind which that other transaction's own shared
+/// request would wait in turn: a deadlock PostgreSQL breaks by aborting one of them.
+pub(super) fn pg_horizon_after(rows: &str, also: &str) -> String {
+    format!(
+        "horizon AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared({EVENT_LOCK_KEY}){also} \
+         FROM (SELECT count(*) AS n FROM {rows}) c WHERE c.n > 0)"
+    )
+}
+
 impl Store {
     /// Signalled after every commit that wrote events (this process's): the event hub's wake-up.
     pub fn events_written(&self) -> Arc<Notify> {

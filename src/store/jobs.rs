@@ -1,6 +1,6 @@
 //! Enqueue (group commit, idempotency keys), get, list with a cursor, cancel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use sea_orm::{ConnectionTrait, TransactionTrait, Value};
@@ -416,45 +416,12 @@ async fn insert_in(
         room = max.saturating_sub(pending).min(room);
     }
 
-    let mut ids = Vec::with_capacity(requests.len());
-    let mut rows = Vec::with_capacity(requests.len());
-    for req in requests.iter().take(room as usize) {
-        let id = JobId::new();
-        let fingerprint = req.key.as_ref().map(|_| req.job.fingerprint());
-        rows.push(vec![
-            id.0.into(),
-            req.job.action.as_str().into(),
-            req.job.target.clone().into(),
-            req.job.requested_by.clone().into(),
-            req.job.parameters.to_string().into(),
-            now.into(),
-            now.into(),
-            req.key.clone().into(),
-            fingerprint.into(),
-            req.job.submitted_by.clone().into(),
-            req.job.callback_url.clone().into(),
-            req.job.traceparent.clone().into(),
-        ]);
-        ids.push(id);
-    }
-    // Rows in idempotency-key order (a stable sort: among equal keys the first to arrive still
-    // wins). A client that retries on another replica while its first try is in flight puts
-    // the same key in two batches, and each insert waits for the other's row; two batches
-    // holding keys in opposite orders would deadlock.
-    rows.sort_by(|a, b| key_of(a).cmp(&key_of(b)));
-    let inserted: std::collections::HashSet<Uuid> = values_in_chunks(
-        txn,
-        inner.backend,
-        "INSERT INTO jobs (id, action, target, requested_by, parameters, status, attempts, created_at, run_at, \
-         cancel_requested, idempotency_key, request_fingerprint, submitted_by, callback_url, traceparent)",
-        &format!("(#,#,#,#,#,{},0,#,#,FALSE,#,#,#,#,#)", rows::sql(JobStatus::Pending)),
-        "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-        rows,
-    )
-    .await?
-    .iter()
-    .map(|row| get::<Uuid>(row, "id"))
-    .collect::<Result<_, _>>()?;
+    let admitted = &requests[..(room as usize).min(requests.len())];
+    let ids: Vec<JobId> = admitted.iter().map(|_| JobId::new()).collect();
+    let inserted = match inner.backend {
+        Backend::Postgres => pg_insert_with_events(store, txn, admitted, &ids, now).await?,
+        Backend::Sqlite => sqlite_insert_with_events(txn, admitted, &ids, now).await?,
+    };
 
     // Requests whose row was not inserted collided on their idempotency key: with an earlier
     // job, or with another request in this very batch.
@@ -486,25 +453,7 @@ async fn insert_in(
             );
         }
     }
-    if !inserted.is_empty() && inner.backend == Backend::Postgres {
-        // One NOTIFY per batch, delivered at commit: NOTIFY serialises commits, so never per job.
-        txn.execute_unprepared(&format!("NOTIFY {JOBS_CHANNEL}")).await?;
-    }
-    // The `created` event of each new job, in the same transaction (last: see `events::insert`).
-    let events: Vec<NewEvent> = requests
-        .iter()
-        .zip(&ids)
-        .filter(|(_, id)| inserted.contains(&id.0))
-        .map(|(req, id)| NewEvent {
-            job_id: *id,
-            kind: EventKind::Created,
-            actor: req.job.submitted_by.clone(),
-            request_id: req.request_id.clone(),
-            detail: serde_json::Value::Null,
-        })
-        .collect();
-    let wrote_events = !events.is_empty();
-    super::events::insert(txn, inner.backend, now, events).await?;
+    let wrote_events = !inserted.is_empty();
 
     let results = requests
         .iter()
@@ -529,10 +478,123 @@ async fn insert_in(
     Ok(Inserted { results, created: inserted.len(), wrote_events })
 }
 
-/// The idempotency key of a row `insert_in` builds (its eighth value).
-fn key_of(row: &[Value]) -> Option<&str> {
-    match row.get(7) {
-        Some(Value::String(Some(k))) => Some(k.as_str()),
-        _ => None,
-    }
+/// SQLite: the new jobs, then their `created` events, as VALUES lists. Returns the ids inserted
+/// (the others collided on their idempotency key).
+async fn sqlite_insert_with_events(
+    txn: &impl ConnectionTrait,
+    requests: &[EnqueueRequest],
+    ids: &[JobId],
+    now: i64,
+) -> Result<HashSet<Uuid>, Error> {
+    let rows: Vec<Vec<Value>> = requests
+        .iter()
+        .zip(ids)
+        .map(|(req, id)| {
+            vec![
+                id.0.into(),
+                req.job.action.as_str().into(),
+                req.job.target.clone().into(),
+                req.job.requested_by.clone().into(),
+                req.job.parameters.to_string().into(),
+                now.into(),
+                now.into(),
+                req.key.clone().into(),
+                req.key.as_ref().map(|_| req.job.fingerprint()).into(),
+                req.job.submitted_by.clone().into(),
+                req.job.callback_url.clone().into(),
+                req.job.traceparent.clone().into(),
+            ]
+        })
+        .collect();
+    let inserted: HashSet<Uuid> = values_in_chunks(
+        txn,
+        Backend::Sqlite,
+        "INSERT INTO jobs (id, action, target, requested_by, parameters, status, attempts, created_at, run_at, \
+         cancel_requested, idempotency_key, request_fingerprint, submitted_by, callback_url, traceparent)",
+        &format!("(#,#,#,#,#,{},0,#,#,FALSE,#,#,#,#,#)", rows::sql(JobStatus::Pending)),
+        "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+        rows,
+    )
+    .await?
+    .iter()
+    .map(|row| get::<Uuid>(row, "id"))
+    .collect::<Result<_, _>>()?;
+    super::events::insert(txn, Backend::Sqlite, now, created_events(requests, ids, &inserted)).await?;
+    Ok(inserted)
+}
+
+/// PostgreSQL: the new jobs, their `created` events and the wake-up of other replicas in one
+/// statement, whatever the batch's size: one round trip and one prepared shape, where VALUES
+/// lists split into power-of-two chunks took two statements per chunk and a NOTIFY. The batch
+/// travels as one JSON array, as in `finish_terminal_pg`. Returns the ids inserted.
+///
+/// Rows are inserted in idempotency-key order: a client that retries on another replica while
+/// its first try is in flight puts the same key in two batches, and each insert waits for the
+/// other's row; two batches holding keys in opposite orders would deadlock. Events keep the
+/// batch's arrival order (`n`). One NOTIFY per batch, delivered at commit: NOTIFY serialises
+/// commits, so never per job.
+async fn pg_insert_with_events(
+    store: &Store,
+    txn: &impl ConnectionTrait,
+    requests: &[EnqueueRequest],
+    ids: &[JobId],
+    now: i64,
+) -> Result<HashSet<Uuid>, Error> {
+    let rows: Vec<serde_json::Value> = requests
+        .iter()
+        .zip(ids)
+        .enumerate()
+        .map(|(n, (req, id))| {
+            serde_json::json!({
+                "n": n,
+                "id": id.0,
+                "action": req.job.action.as_str(),
+                "target": req.job.target,
+                "requested_by": req.job.requested_by,
+                "parameters": req.job.parameters.to_string(),
+                "idempotency_key": req.key,
+                "request_fingerprint": req.key.as_ref().map(|_| req.job.fingerprint()),
+                "submitted_by": req.job.submitted_by,
+                "callback_url": req.job.callback_url,
+                "traceparent": req.job.traceparent,
+                "request_id": req.request_id,
+            })
+        })
+        .collect();
+    let horizon = super::events::pg_horizon_after("ins", &format!(", pg_notify('{JOBS_CHANNEL}', '')"));
+    let sql = format!(
+        "WITH v AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(n int4, id uuid, action text, target text, \
+         requested_by text, parameters text, idempotency_key text, request_fingerprint text, submitted_by text, \
+         callback_url text, traceparent text, request_id text)), \
+         ins AS (INSERT INTO jobs (id, action, target, requested_by, parameters, status, attempts, created_at, run_at, \
+         cancel_requested, idempotency_key, request_fingerprint, submitted_by, callback_url, traceparent) \
+         SELECT id, action, target, requested_by, parameters, {pending}, 0, $2, $2, FALSE, idempotency_key, \
+         request_fingerprint, submitted_by, callback_url, traceparent FROM v ORDER BY idempotency_key, n \
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id), \
+         {horizon}, \
+         events AS (INSERT INTO job_events (job_id, at, event, actor, request_id, detail) \
+         SELECT v.id, $2, '{created}', v.submitted_by, v.request_id, NULL FROM v JOIN ins ON ins.id = v.id \
+         CROSS JOIN horizon ORDER BY v.n) \
+         SELECT id FROM ins",
+        pending = rows::sql(JobStatus::Pending),
+        created = EventKind::Created.as_str(),
+    );
+    let values: Vec<Value> = vec![serde_json::Value::Array(rows).to_string().into(), now.into()];
+    txn.query_all_raw(store.stmt(&sql, values)).await?.iter().map(|row| get::<Uuid>(row, "id")).collect()
+}
+
+/// The `created` event of each inserted job.
+fn created_events(requests: &[EnqueueRequest], ids: &[JobId], inserted: &HashSet<Uuid>) -> Vec<NewEvent> {
+    requests
+        .iter()
+        .zip(ids)
+        .filter(|(_, id)| inserted.contains(&id.0))
+        .map(|(req, id)| NewEvent {
+            job_id: *id,
+            kind: EventKind::Created,
+            actor: req.job.submitted_by.clone(),
+            request_id: req.request_id.clone(),
+            detail: serde_json::Value::Null,
+        })
+        .collect()
 }

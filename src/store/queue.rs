@@ -239,16 +239,8 @@ impl Store {
         now: i64,
     ) -> Result<Vec<ClaimedJob>, Error> {
         if !serialize && self.inner.backend == Backend::Postgres {
-            // The claim and its events in one statement: its own transaction, one round trip.
-            let events = super::events::pg_events_from(
-                "claimed",
-                EventKind::Claimed,
-                "$3::int8",
-                "jsonb_build_object('attempt', s.attempts, 'replica', $1::uuid::text)",
-            );
-            let sql = format!("WITH claimed AS ({sql}), {events} SELECT * FROM claimed");
-            let rows = self.inner.write.query_all_raw(self.stmt(&sql, values)).await?;
-            let jobs = rows.iter().map(|r| rows::claimed(r, now)).collect::<Result<Vec<_>, _>>()?;
+            // One statement (see `claim_in`) is its own transaction: one round trip.
+            let jobs = self.claim_in(&self.inner.write, sql, values, owner, now).await?;
             if !jobs.is_empty() {
                 self.note_events_written();
             }
@@ -277,6 +269,18 @@ impl Store {
         owner: Uuid,
         now: i64,
     ) -> Result<Vec<ClaimedJob>, Error> {
+        if self.inner.backend == Backend::Postgres {
+            // The claim and its events in one statement, one round trip.
+            let events = super::events::pg_events_from(
+                "claimed",
+                EventKind::Claimed,
+                "$3::int8",
+                "jsonb_build_object('attempt', s.attempts, 'replica', $1::uuid::text)",
+            );
+            let sql = format!("WITH claimed AS ({sql}), {events} SELECT * FROM claimed");
+            let rows = txn.query_all_raw(self.stmt(&sql, values)).await?;
+            return rows.iter().map(|r| rows::claimed(r, now)).collect();
+        }
         let rows = txn.query_all_raw(self.stmt(sql, values)).await?;
         let jobs = rows.iter().map(|r| rows::claimed(r, now)).collect::<Result<Vec<_>, _>>()?;
         if jobs.is_empty() {
@@ -978,6 +982,70 @@ mod tests {
                 let statuses = finished.map_err(|e| format!("{what}: the batch failed: {e}"))?;
                 assert_eq!(statuses, vec![Some(JobStatus::Success); 2], "{what}");
             }
+            Ok(())
+        })
+        .await
+    }
+
+    /// A batch whose insert waits on an idempotency key another transaction holds (a client's
+    /// retry on another replica while its first try is in flight) must not hold the event
+    /// log's shared lock meanwhile: a horizon reader would queue behind it, and the other
+    /// transaction's own events would queue behind the reader, a three-way wait PostgreSQL ends
+    /// by aborting one. Here the horizon answers while the batch waits, the batch then settles
+    /// (its new job created with one `created` event carrying its request id, the held key a
+    /// conflict), and nothing waits on anything else.
+    #[tokio::test]
+    async fn postgres_enqueue_waiting_on_a_key_in_flight_keeps_the_event_horizon_free()
+    -> Result<(), Box<dyn std::error::Error>> {
+        in_fresh_pg_database(|url| async move {
+            use crate::jobs::{Action, EventKind, NewJob};
+            use sqlx::Connection;
+            use std::time::Duration;
+            let store = migrated_store(&url, 4, 1000).await?;
+            let action = Action::new("health_check").map_err(|e| e.to_string())?;
+            let job = |target: &str| NewJob {
+                action,
+                target: target.to_owned(),
+                requested_by: "test".to_owned(),
+                parameters: json!({}),
+                submitted_by: "tester".to_owned(),
+                callback_url: None,
+                traceparent: None,
+            };
+            let mut other = sqlx::PgConnection::connect(&url).await?;
+            sqlx::raw_sql(
+                "BEGIN; INSERT INTO jobs (id, action, target, requested_by, parameters, status, attempts, created_at, \
+                 run_at, idempotency_key, request_fingerprint) VALUES (gen_random_uuid(), 'health_check', 'held', \
+                 'test', '{}', 'PENDING', 0, 1, 1, 'held-key', 'another request')",
+            )
+            .execute(&mut other)
+            .await?;
+            let held = tokio::spawn({
+                let (store, job) = (store.clone(), job("held"));
+                async move { store.enqueue(job, Some("held-key".into()), Some("r-held".into())).await }
+            });
+            let fresh = tokio::spawn({
+                let (store, job) = (store.clone(), job("fresh"));
+                async move { store.enqueue(job, Some("fresh-key".into()), Some("r-fresh".into())).await }
+            });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(!held.is_finished(), "the batch did not wait on the key in flight");
+            let horizon = tokio::time::timeout(Duration::from_secs(3), store.event_horizon()).await;
+            assert!(
+                matches!(horizon, Ok(Ok(_))),
+                "the event horizon waited on a batch that was itself waiting: {horizon:?}"
+            );
+            sqlx::raw_sql("COMMIT").execute(&mut other).await?;
+            let held = tokio::time::timeout(Duration::from_secs(10), held).await??;
+            let fresh = tokio::time::timeout(Duration::from_secs(10), fresh).await??;
+            assert!(matches!(held, Err(Error::Conflict(_))), "the key held by another request: {held:?}");
+            let fresh = fresh?;
+            assert!(fresh.created);
+            let events = store.events(fresh.id, 0).await?;
+            let created: Vec<_> = events.iter().filter(|e| e.kind == EventKind::Created).collect();
+            assert_eq!(created.len(), 1, "one created event: {events:?}");
+            assert_eq!(created[0].request_id.as_deref(), Some("r-fresh"));
+            assert_eq!(created[0].actor, "tester");
             Ok(())
         })
         .await
