@@ -9,6 +9,7 @@ mod m20261123_000002_audit;
 mod m20261203_000003_maintenance;
 mod m20261203_000004_external;
 mod m20261203_000005_live;
+mod m20261206_000006_partial_idempotency;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000003_maintenance::Migration),
             Box::new(m20261203_000004_external::Migration),
             Box::new(m20261203_000005_live::Migration),
+            Box::new(m20261206_000006_partial_idempotency::Migration),
         ]
     }
 }

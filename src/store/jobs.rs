@@ -512,7 +512,7 @@ async fn sqlite_insert_with_events(
         "INSERT INTO jobs (id, action, target, requested_by, parameters, status, attempts, created_at, run_at, \
          cancel_requested, idempotency_key, request_fingerprint, submitted_by, callback_url, traceparent)",
         &format!("(#,#,#,#,#,{},0,#,#,FALSE,#,#,#,#,#)", rows::sql(JobStatus::Pending)),
-        "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+        "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id",
         rows,
     )
     .await?
@@ -570,7 +570,7 @@ async fn pg_insert_with_events(
          cancel_requested, idempotency_key, request_fingerprint, submitted_by, callback_url, traceparent) \
          SELECT id, action, target, requested_by, parameters, {pending}, 0, $2, $2, FALSE, idempotency_key, \
          request_fingerprint, submitted_by, callback_url, traceparent FROM v ORDER BY idempotency_key, n \
-         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id), \
+         ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id), \
          {horizon}, \
          events AS (INSERT INTO job_events (job_id, at, event, actor, request_id, detail) \
          SELECT v.id, $2, '{created}', v.submitted_by, v.request_id, NULL FROM v JOIN ins ON ins.id = v.id \
