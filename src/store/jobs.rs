@@ -7,7 +7,7 @@ use sea_orm::{ConnectionTrait, TransactionTrait, Value};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::queue::FinishEffects;
+use super::queue::{FinishEffects, PiggybackClaim};
 use super::rows::{self, JOB_COLUMNS, get};
 use super::{Backend, Completion, Error, JOBS_CHANNEL, Store, exec, now_us, values_in_chunks};
 use crate::jobs::{Action, EventKind, Job, JobId, JobStatus, NewEvent, NewJob};
@@ -348,6 +348,13 @@ async fn commit_together(
     completions: &[Completion],
 ) -> Result<Written, Error> {
     let now = now_us();
+    if completions.is_empty() && store.inner.backend == Backend::Postgres && store.inner.claimer.get().is_none() {
+        // PostgreSQL, new jobs alone (its finishes and claims run on the pool): the insert is
+        // one statement, atomic on its own, and needs no BEGIN and COMMIT of its own.
+        let inserted = insert_in(store, &store.inner.write, requests, now).await?;
+        announce(store, &inserted, &None);
+        return Ok((inserted.results, Vec::new()));
+    }
     let txn = store.inner.write.begin().await?;
     let (statuses, effects) = if completions.is_empty() {
         (Vec::new(), FinishEffects::default())
@@ -365,6 +372,16 @@ async fn commit_together(
     if !completions.is_empty() {
         store.after_finish(effects);
     }
+    announce(store, &inserted, &claim);
+    if let Some(claim) = claim {
+        store.deliver_claim(claim);
+    }
+    Ok((inserted.results, statuses))
+}
+
+/// After the commit of new jobs (and the claim made with them): the event hub's and the
+/// dispatcher's wake-ups and the queue estimate.
+fn announce(store: &Store, inserted: &Inserted, claim: &Option<PiggybackClaim>) {
     if inserted.wrote_events || claim.as_ref().is_some_and(|c| c.claimed() > 0) {
         store.note_events_written();
     }
@@ -376,10 +393,6 @@ async fn commit_together(
             store.inner.enqueued.notify_one();
         }
     }
-    if let Some(claim) = claim {
-        store.deliver_claim(claim);
-    }
-    Ok((inserted.results, statuses))
 }
 
 /// What `insert_in` wrote.
