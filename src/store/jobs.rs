@@ -259,13 +259,29 @@ pub(super) async fn finish_via_writer(store: &Store, batch: Vec<Completion>) -> 
     rx.await.map_err(|_| Error::ShuttingDown)?
 }
 
+/// PostgreSQL batches of new jobs written at once, each on a pooled connection of its own.
+const PG_BATCHES_IN_FLIGHT: usize = 2;
+
 /// The group-commit writer: takes every request waiting in the channel (new jobs and, on
 /// SQLite, finished attempts), commits them in one transaction together with a claim of the new
 /// jobs this process has free workers for, then answers each. Under load a batch forms while
 /// the previous one commits, and one commit (one fsync) carries all three kinds of writes.
+///
+/// On PostgreSQL a batch is one statement, and the next one starts while it commits (up to
+/// `PG_BATCHES_IN_FLIGHT`): the server flushes the commits that wait together, so a batch no
+/// longer waits for the one before it. Batches hold their keys in one order (see
+/// `pg_insert_with_events`), so two in flight cannot deadlock. SQLite has one writer
+/// connection and keeps one batch at a time.
 pub(super) async fn run_writer(store: Store, mut rx: mpsc::Receiver<WriteRequest>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
+    let in_flight_max = if store.inner.backend == Backend::Postgres { PG_BATCHES_IN_FLIGHT } else { 1 };
+    let mut in_flight = tokio::task::JoinSet::new();
+    loop {
+        // A free slot first: what arrives meanwhile joins the next batch.
+        while in_flight.len() >= in_flight_max {
+            in_flight.join_next().await;
+        }
+        let Some(first) = rx.recv().await else { break };
         crate::batch::gather(first, &mut rx, MAX_BATCH, &mut batch);
         let (mut enqueues, mut finishes) = (Vec::new(), Vec::new());
         for request in batch.drain(..) {
@@ -274,8 +290,14 @@ pub(super) async fn run_writer(store: Store, mut rx: mpsc::Receiver<WriteRequest
                 WriteRequest::Finish(f) => finishes.push(f),
             }
         }
-        write_batch(&store, enqueues, finishes).await;
+        if in_flight_max == 1 {
+            write_batch(&store, enqueues, finishes).await;
+        } else {
+            let store = store.clone();
+            in_flight.spawn(async move { write_batch(&store, enqueues, finishes).await });
+        }
     }
+    while in_flight.join_next().await.is_some() {}
 }
 
 /// Commits a batch, or reports why it did not commit. Nothing here answers before the COMMIT
