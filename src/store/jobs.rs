@@ -404,7 +404,8 @@ async fn commit_together(
 /// After the commit of new jobs (and the claim made with them): the event hub's and the
 /// dispatcher's wake-ups and the queue estimate.
 fn announce(store: &Store, inserted: &Inserted, claim: &Option<PiggybackClaim>) {
-    if inserted.wrote_events || claim.as_ref().is_some_and(|c| c.claimed() > 0) {
+    // Every new job has its `created` event.
+    if inserted.created > 0 || claim.as_ref().is_some_and(|c| c.claimed() > 0) {
         store.note_events_written();
     }
     if inserted.created > 0 {
@@ -422,7 +423,6 @@ fn announce(store: &Store, inserted: &Inserted, claim: &Option<PiggybackClaim>) 
 struct Inserted {
     results: Vec<Result<Enqueued, Error>>,
     created: usize,
-    wrote_events: bool,
 }
 
 /// Inserts new jobs (and their `created` events) inside `txn`.
@@ -488,8 +488,6 @@ async fn insert_in(
             );
         }
     }
-    let wrote_events = !inserted.is_empty();
-
     let results = requests
         .iter()
         .enumerate()
@@ -510,7 +508,7 @@ async fn insert_in(
             }
         })
         .collect();
-    Ok(Inserted { results, created: inserted.len(), wrote_events })
+    Ok(Inserted { results, created: inserted.len() })
 }
 
 /// SQLite: the new jobs, then their `created` events, as VALUES lists. Returns the ids inserted
