@@ -72,7 +72,7 @@ impl Commands {
     ) -> Result<Enqueued, Problem> {
         // Bounded copies for the audit line: the request is the client's.
         let (action_name, target) =
-            (req.action.chars().take(64).collect::<String>(), req.target.chars().take(253).collect::<String>());
+            (req.action.chars().take(64).collect::<String>(), req.target.0.chars().take(253).collect::<String>());
         let refused = |p: Problem| {
             AuditEvent {
                 event: "job.create",
@@ -87,7 +87,7 @@ impl Commands {
         };
         let action = self.catalog.resolve(&req.action).map_err(|e| refused(e.into()))?;
         let mut job =
-            NewJob::parse(action, &req.target, &req.requested_by, req.parameters.map(|m| m.into_iter().collect()))
+            NewJob::parse(action, &req.target.0, &req.requested_by, req.parameters.map(|m| m.into_iter().collect()))
                 .map_err(|e| refused(e.into()))?
                 .submitted_by(&identity.name);
         require(identity, Need::Create(action), "jobs.create", request_id).map_err(refused)?;

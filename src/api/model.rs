@@ -62,8 +62,8 @@ pub struct CreateJobIn {
     #[oai(validator(min_length = 1, max_length = 64))]
     pub action: String,
     /// What to run it against: 1 to 253 letters, digits and `-_.:/@`.
-    #[oai(validator(min_length = 1, max_length = 253, pattern = r"^[A-Za-z0-9._:/@-]+$"))]
-    pub target: String,
+    #[oai(validator(min_length = 1, max_length = 253))]
+    pub target: TargetIn,
     /// Who asks (free text, e.g. an e-mail address), 1 to 320 characters, no control or format
     /// characters (Unicode Cc, Cf, Zl, Zp: they could disguise a name in the audit trail).
     #[oai(validator(min_length = 1, max_length = 320))]
@@ -76,6 +76,68 @@ pub struct CreateJobIn {
     /// the gateway's allowed webhook hosts. Defaults to the action's `callback_url`, if any.
     #[oai(validator(max_length = 2048))]
     pub callback_url: Option<String>,
+}
+
+/// A job's target as a request carries it: letters, digits and `-_.:/@`, checked while parsing
+/// and described by the document's `pattern`. Not poem-openapi's `pattern` validator: it compiles
+/// its regular expression on every check, which took 5 % of the CPU under POST load.
+#[derive(Debug, Clone)]
+pub struct TargetIn(pub String);
+
+impl TargetIn {
+    const PATTERN: &'static str = r"^[A-Za-z0-9._:/@-]+$";
+
+    /// What `PATTERN` matches, but for the empty string: the field's `minLength` says that.
+    fn allowed(s: &str) -> bool {
+        s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/@-".contains(&b))
+    }
+}
+
+impl poem_openapi::types::Type for TargetIn {
+    const IS_REQUIRED: bool = true;
+    // The field's length validators check the string itself.
+    type RawValueType = String;
+    type RawElementValueType = String;
+
+    fn name() -> std::borrow::Cow<'static, str> {
+        "string".into()
+    }
+
+    fn schema_ref() -> poem_openapi::registry::MetaSchemaRef {
+        let schema = poem_openapi::registry::MetaSchema {
+            pattern: Some(Self::PATTERN.to_owned()),
+            ..poem_openapi::registry::MetaSchema::new("string")
+        };
+        poem_openapi::registry::MetaSchemaRef::Inline(Box::new(schema))
+    }
+
+    fn as_raw_value(&self) -> Option<&String> {
+        Some(&self.0)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a String> + 'a> {
+        Box::new(std::iter::once(&self.0))
+    }
+}
+
+impl poem_openapi::types::ParseFromJSON for TargetIn {
+    fn parse_from_json(value: Option<Value>) -> poem_openapi::types::ParseResult<Self> {
+        let s = String::parse_from_json(value).map_err(poem_openapi::types::ParseError::propagate)?;
+        if !Self::allowed(&s) {
+            // The words poem-openapi's validator used.
+            return Err(poem_openapi::types::ParseError::custom(format!(
+                "field `target` verification failed. pattern(\"{}\")",
+                Self::PATTERN
+            )));
+        }
+        Ok(Self(s))
+    }
+}
+
+impl poem_openapi::types::ToJSON for TargetIn {
+    fn to_json(&self) -> Option<Value> {
+        Some(Value::String(self.0.clone()))
+    }
 }
 
 impl super::strict::Fields for CreateJobIn {
@@ -91,7 +153,7 @@ impl super::strict::Fields for CreateJobIn {
 fn create_example() -> CreateJobIn {
     CreateJobIn {
         action: "restart_service".into(),
-        target: "demo-api".into(),
+        target: TargetIn("demo-api".into()),
         requested_by: "student@example.com".into(),
         parameters: Some(BTreeMap::from([("service".to_owned(), json!("demo-api"))])),
         callback_url: None,
