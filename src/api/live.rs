@@ -4,8 +4,8 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::{Bytes, BytesMut};
 use futures_util::stream::BoxStream;
-use hyper::body::Bytes;
 use poem::web::Data;
 use poem::web::sse::Event;
 use poem_openapi::param::{Header, Path, Query};
@@ -25,8 +25,8 @@ use super::request_id::ReqId;
 use crate::auth::Identity;
 use crate::executor::ActionCatalog;
 use crate::jobs::{JobId, JobStatus};
-use crate::live::EventHub;
 use crate::live::StreamFilter;
+use crate::live::{EventHub, LiveEvent};
 use crate::store::EventFilter;
 use crate::store::Store;
 
@@ -47,17 +47,14 @@ pub struct LiveApi {
 /// stream lives (two resident pages of glibc's heap each, 8 MB for 1 000 idle streams) and copies
 /// every event once more. The OpenAPI description is poem-openapi's own `EventStream`'s.
 pub struct Events {
-    rx: tokio::sync::mpsc::Receiver<std::sync::Arc<crate::jobs::JobEvent>>,
+    rx: tokio::sync::mpsc::Receiver<std::sync::Arc<LiveEvent>>,
     heartbeat: tokio::time::Interval,
 }
 
 /// What the OpenAPI document says of an event stream of `JobEventOut`.
 type Described = EventStream<BoxStream<'static, JobEventOut>>;
 
-fn sse(
-    heartbeat: std::time::Duration,
-    rx: tokio::sync::mpsc::Receiver<std::sync::Arc<crate::jobs::JobEvent>>,
-) -> Events {
+fn sse(heartbeat: std::time::Duration, rx: tokio::sync::mpsc::Receiver<std::sync::Arc<LiveEvent>>) -> Events {
     let heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     Events { rx, heartbeat }
 }
@@ -69,13 +66,49 @@ fn frame(event: &crate::jobs::JobEvent) -> Bytes {
     Bytes::from(text)
 }
 
+/// Most events sent in one chunk.
+const EVENTS_PER_CHUNK: usize = 64;
+
 impl futures_util::Stream for Events {
     type Item = Result<Bytes, std::io::Error>;
 
+    /// Every event already queued goes out in one chunk: under load a stream has several
+    /// waiting, and one chunk is one write instead of one per event.
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if let Poll::Ready(next) = self.rx.poll_recv(cx) {
-            // None: the follower ended the stream (terminal event sent, or a slow client dropped).
-            return Poll::Ready(next.map(|e| Ok(frame(&e))));
+        // One event goes out as its shared frame; several are copied into one chunk.
+        let mut first: Option<Bytes> = None;
+        let mut joined = BytesMut::new();
+        let mut ended = false;
+        for _ in 0..EVENTS_PER_CHUNK {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(e)) => {
+                    let wire = e.wire(frame);
+                    match &first {
+                        None => first = Some(wire),
+                        Some(f) => {
+                            if joined.is_empty() {
+                                joined.extend_from_slice(f);
+                            }
+                            joined.extend_from_slice(&wire);
+                        }
+                    }
+                }
+                // The follower ended the stream (terminal event sent, or a slow client dropped).
+                Poll::Ready(None) => {
+                    ended = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        if !joined.is_empty() {
+            return Poll::Ready(Some(Ok(joined.freeze())));
+        }
+        if let Some(one) = first {
+            return Poll::Ready(Some(Ok(one)));
+        }
+        if ended {
+            return Poll::Ready(None);
         }
         self.heartbeat.poll_tick(cx).map(|_| Some(Ok(Bytes::from_static(b":\n\n"))))
     }
@@ -273,8 +306,51 @@ pub(super) fn parse_wait(s: &str) -> Option<std::time::Duration> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_wait;
+    use super::{Events, LiveEvent, parse_wait, sse};
+    use crate::jobs::{Action, EventKind, JobEvent, JobId};
+    use futures_util::StreamExt;
     use std::time::Duration;
+
+    fn event(id: i64) -> std::sync::Arc<LiveEvent> {
+        LiveEvent::new(JobEvent {
+            id,
+            job_id: JobId::new(),
+            at: 1_700_000_000_000_000,
+            kind: EventKind::Created,
+            actor: "me".into(),
+            request_id: None,
+            detail: serde_json::Value::Null,
+            action: Action::new("health_check").expect("a valid name"),
+            target: "demo".into(),
+        })
+    }
+
+    async fn next_text(events: &mut Events) -> String {
+        let chunk = events.next().await.expect("a chunk").expect("no error");
+        String::from_utf8(chunk.to_vec()).expect("UTF-8")
+    }
+
+    #[tokio::test]
+    async fn queued_events_leave_in_one_chunk_in_log_order() {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let mut events = sse(Duration::from_secs(3600), rx);
+        let shared = event(1);
+        tx.send(shared.clone()).await.expect("open");
+        // One event: its shared frame, as every stream sends it.
+        let one = next_text(&mut events).await;
+        assert!(one.starts_with("id: 1\nevent: created\ndata: {"), "{one}");
+        assert_eq!(one, String::from_utf8(shared.wire(|_| unreachable!("made once")).to_vec()).expect("UTF-8"));
+        for id in 2..=4 {
+            tx.send(event(id)).await.expect("open");
+        }
+        let three = next_text(&mut events).await;
+        let ids: Vec<&str> = three.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+        assert_eq!(ids, ["2", "3", "4"], "{three}");
+        assert_eq!(three.matches("event: created\n").count(), 3, "{three}");
+        // The follower ended the stream: the response ends.
+        drop(tx);
+        assert!(events.next().await.is_none());
+    }
 
     #[test]
     fn waits_parse_with_units() {

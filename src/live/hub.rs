@@ -9,9 +9,11 @@
 //! and the hub raises `published` before sending, so whatever a subscriber did not receive live,
 //! it finds below `published` in the log: no gap, and duplicates are dropped by id.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
@@ -22,11 +24,39 @@ use crate::store::{EventFilter, Store};
 /// Events read from the log per query.
 const PAGE: usize = 500;
 
+/// An event as the streams of this process receive it: one copy shared by all of them, with its
+/// wire form made once, by the first stream that sends it, and reused by the others (with 50
+/// streams open, each event was serialized 50 times).
+#[derive(Debug)]
+pub struct LiveEvent {
+    event: JobEvent,
+    wire: OnceLock<Bytes>,
+}
+
+impl LiveEvent {
+    pub fn new(event: JobEvent) -> Arc<Self> {
+        Arc::new(Self { event, wire: OnceLock::new() })
+    }
+
+    /// The event's wire form, made by `make` the first time it is asked for.
+    pub fn wire(&self, make: impl FnOnce(&JobEvent) -> Bytes) -> Bytes {
+        self.wire.get_or_init(|| make(&self.event)).clone()
+    }
+}
+
+impl std::ops::Deref for LiveEvent {
+    type Target = JobEvent;
+
+    fn deref(&self) -> &JobEvent {
+        &self.event
+    }
+}
+
 /// What subscribers receive.
 #[derive(Debug, Clone)]
 pub enum Message {
     /// The next event of the log.
-    Event(Arc<JobEvent>),
+    Event(Arc<LiveEvent>),
     /// The hub skipped the log up to `to` (it had no subscribers): read what follows your
     /// position, up to `to`, from the log.
     Jump { to: i64 },
@@ -158,7 +188,7 @@ async fn publish(inner: &Inner) -> Result<(), crate::store::Error> {
         // Raised before sending: see the module comment.
         inner.published.store(upto, Ordering::SeqCst);
         for e in events {
-            let _ = inner.tx.send(Message::Event(Arc::new(e)));
+            let _ = inner.tx.send(Message::Event(LiveEvent::new(e)));
         }
         from = upto;
     }

@@ -6,6 +6,6 @@ mod settings;
 mod stream;
 pub mod webhooks;
 
-pub use hub::EventHub;
+pub use hub::{EventHub, LiveEvent};
 pub use settings::Settings;
 pub use stream::{StreamFilter, follow};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
-use super::hub::{EventHub, Message};
+use super::hub::{EventHub, LiveEvent, Message};
 use crate::jobs::{JobEvent, JobStatus};
 use crate::store::EventFilter;
 
@@ -51,7 +51,7 @@ pub async fn follow(
     hub: &EventHub,
     after: Option<i64>,
     filter: StreamFilter,
-) -> Result<mpsc::Receiver<Arc<JobEvent>>, crate::store::Error> {
+) -> Result<mpsc::Receiver<Arc<LiveEvent>>, crate::store::Error> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let sub = hub.subscribe();
     // The log's horizon read after subscribing, not the hub's position, which lags while it has
@@ -75,7 +75,7 @@ async fn run(
     mut sub: super::hub::Subscription,
     after: i64,
     filter: StreamFilter,
-    tx: mpsc::Sender<Arc<JobEvent>>,
+    tx: mpsc::Sender<Arc<LiveEvent>>,
 ) {
     let mut sent = after;
     // Boxed, here and below: a stream's task lives as long as its client, and is only as large
@@ -131,7 +131,7 @@ async fn catch_up(
     sent: &mut i64,
     upto: i64,
     filter: &StreamFilter,
-    tx: &mpsc::Sender<Arc<JobEvent>>,
+    tx: &mpsc::Sender<Arc<LiveEvent>>,
 ) -> Result<(), End> {
     while *sent < upto {
         let page = match hub.store().events_between(*sent, upto, &filter.events, PAGE).await {
@@ -144,7 +144,7 @@ async fn catch_up(
         let full = page.len() == PAGE;
         let last = page.last().map(|e| e.id);
         for e in page {
-            deliver(filter, Arc::new(e), tx).await?;
+            deliver(filter, LiveEvent::new(e), tx).await?;
         }
         *sent = match (full, last) {
             (true, Some(id)) => id,
@@ -154,11 +154,16 @@ async fn catch_up(
     Ok(())
 }
 
-async fn deliver(filter: &StreamFilter, e: Arc<JobEvent>, tx: &mpsc::Sender<Arc<JobEvent>>) -> Result<(), End> {
+async fn deliver(filter: &StreamFilter, e: Arc<LiveEvent>, tx: &mpsc::Sender<Arc<LiveEvent>>) -> Result<(), End> {
     if !filter.matches(&e) {
         return Ok(());
     }
     let terminal = e.kind.is_terminal();
-    tx.send_timeout(e, SEND_TIMEOUT).await.map_err(|_| End::Done)?;
+    // The queue has room nearly always: no timer then.
+    match tx.try_send(e) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(e)) => tx.send_timeout(e, SEND_TIMEOUT).await.map_err(|_| End::Done)?,
+        Err(mpsc::error::TrySendError::Closed(_)) => return Err(End::Done),
+    }
     if terminal && filter.until_terminal { Err(End::Done) } else { Ok(()) }
 }
