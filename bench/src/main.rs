@@ -31,6 +31,8 @@ struct Plan {
     half_secs: f64,
     half_conns: usize,
     half_samples: usize,
+    /// The dispatch-latency load in POSTs/s; `None`: half of the measured end-to-end rate.
+    load: Option<f64>,
     drain_workers: u32,
     /// Event streams open during the fan-out run.
     streams: usize,
@@ -52,6 +54,7 @@ const FULL: Plan = Plan {
     half_secs: 8.0,
     half_conns: 16,
     half_samples: 1000,
+    load: None,
     drain_workers: 256,
     streams: 50,
     limit: Duration::from_secs(240),
@@ -70,6 +73,7 @@ const SMOKE: Plan = Plan {
     half_secs: 1.0,
     half_conns: 8,
     half_samples: 100,
+    load: None,
     drain_workers: 256,
     streams: 4,
     limit: Duration::from_secs(30),
@@ -529,14 +533,16 @@ impl Rep<'_> {
             format!("one process, workers={}, one job at a time", w.workers),
             dispatch_vals(lat, None),
         );
-        let half = e2e / 2.0;
+        let half = plan.load.unwrap_or(e2e / 2.0);
         let (lat, got) = self.dispatch_under_load(w.addr, w.addr, half).await?;
         self.fig(
             "dispatch_half",
             "dispatch latency 202 -> RUNNING, under half load",
             format!(
-                "one process, workers={}, open-loop POSTs at half the e2e rate for {} s",
-                w.workers, plan.half_secs
+                "one process, workers={}, open-loop POSTs at {} for {} s",
+                w.workers,
+                load_said(plan),
+                plan.half_secs
             ),
             dispatch_vals(lat, Some(got)),
         );
@@ -583,8 +589,10 @@ impl Rep<'_> {
                 "dispatch_xr_half",
                 "dispatch latency 202 -> RUNNING, another replica, under half load",
                 format!(
-                    "POST to workers=0 replica, run by workers={} replica, open loop {} s",
-                    w2.workers, plan.half_secs
+                    "POST to workers=0 replica, run by workers={} replica, open loop at {} for {} s",
+                    w2.workers,
+                    load_said(plan),
+                    plan.half_secs
                 ),
                 dispatch_vals(lat, Some(got)),
             );
@@ -645,6 +653,14 @@ fn aggregate(figs: &[Fig]) -> Vec<(Fig, usize)> {
     out
 }
 
+/// The dispatch-latency load as the conditions column says it.
+fn load_said(plan: &Plan) -> String {
+    match plan.load {
+        Some(rate) => format!("a fixed {rate} per s"),
+        None => "half the e2e rate".into(),
+    }
+}
+
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -668,7 +684,9 @@ const USAGE: &str = "usage: bench (--full | --smoke) [--gateway PATH] [--pg-url 
   --gateway  the automation-gateway binary (default: next to this executable)\n\
   --pg-url   PostgreSQL server for fresh databases (default postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable)\n\
   --only     run one backend\n\
-  --reps     repetitions of each figure (default: 3 for --full, 1 for --smoke)";
+  --reps     repetitions of each figure (default: 3 for --full, 1 for --smoke)\n\
+  --load     the dispatch-latency load in POSTs/s (default: half the measured end-to-end rate);\n\
+             a fixed rate compares two builds at the same load";
 
 struct Args {
     plan: &'static Plan,
@@ -684,6 +702,7 @@ fn parse_args() -> Result<Args, String> {
     let mut pg_url = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".to_string();
     let mut backends = vec![Backend::Sqlite, Backend::Postgres];
     let mut reps = None;
+    let mut load = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -707,14 +726,23 @@ fn parse_args() -> Result<Args, String> {
                         .ok_or(format!("--reps takes a count >= 1, not {n:?}"))?,
                 );
             }
+            "--load" => {
+                let n = it.next().ok_or("--load needs a rate")?;
+                load = Some(
+                    n.parse::<f64>()
+                        .ok()
+                        .filter(|r| r.is_finite() && *r > 0.0)
+                        .ok_or(format!("--load takes POSTs per second > 0, not {n:?}"))?,
+                );
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     let mut plan: &'static Plan = plan.ok_or("say --full or --smoke")?;
-    if let Some(reps) = reps {
+    if reps.is_some() || load.is_some() {
         // Leaked once per process: the plan lives as long as the run.
-        plan = Box::leak(Box::new(Plan { reps, ..plan.clone() }));
+        plan = Box::leak(Box::new(Plan { reps: reps.unwrap_or(plan.reps), load: load.or(plan.load), ..plan.clone() }));
     }
     let gateway = match gateway {
         Some(g) => g,
