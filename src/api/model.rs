@@ -86,11 +86,6 @@ pub struct TargetIn(pub String);
 
 impl TargetIn {
     const PATTERN: &'static str = r"^[A-Za-z0-9._:/@-]+$";
-
-    /// What `PATTERN` matches, but for the empty string: the field's `minLength` says that.
-    fn allowed(s: &str) -> bool {
-        s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:/@-".contains(&b))
-    }
 }
 
 impl poem_openapi::types::Type for TargetIn {
@@ -123,7 +118,8 @@ impl poem_openapi::types::Type for TargetIn {
 impl poem_openapi::types::ParseFromJSON for TargetIn {
     fn parse_from_json(value: Option<Value>) -> poem_openapi::types::ParseResult<Self> {
         let s = String::parse_from_json(value).map_err(poem_openapi::types::ParseError::propagate)?;
-        if !Self::allowed(&s) {
+        // `PATTERN` but for the empty string, which the field's `minLength` refuses.
+        if !crate::jobs::target_chars_allowed(&s) {
             // The words poem-openapi's validator used.
             return Err(poem_openapi::types::ParseError::custom(format!(
                 "field `target` verification failed. pattern(\"{}\")",

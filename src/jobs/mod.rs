@@ -248,6 +248,12 @@ pub struct NewJob {
     pub traceparent: Option<String>,
 }
 
+/// Whether every character of a target is a letter, a digit or one of `-_.:/@` (the length is
+/// checked apart).
+pub fn target_chars_allowed(target: &str) -> bool {
+    target.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/@".contains(&b))
+}
+
 impl NewJob {
     /// Validates raw input into a job request for an action the catalog knows. `target` is a
     /// name such as a service or host:
@@ -264,7 +270,7 @@ impl NewJob {
                 reason: format!("must be 1 to {MAX_TARGET_LEN} characters"),
             });
         }
-        if !target.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/@".contains(c)) {
+        if !target_chars_allowed(target) {
             return Err(Error::Validation {
                 field: "target",
                 reason: "may contain only letters, digits and - _ . : / @".into(),
