@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 
 use super::{Ctx, Finished, MAX_COMPLETE};
 use crate::jobs::JobStatus;
-use crate::store::{self, Completion};
+use crate::store::{self, Completion, Outcome};
 
 /// Batches being written at once. With four in flight, results were split into many small
 /// batches, each paying its own statement (and, on PostgreSQL, its planning) and commit; one at a
@@ -88,10 +88,14 @@ pub(super) async fn write_completions(ctx: &Ctx, batch: Vec<Finished>) {
         ctx.store.enqueued_signal().notify_one();
     }
     let now = store::now_us();
+    let mut retries = Vec::new();
     for (f, status) in batch.iter().zip(statuses) {
         let id = f.completion.id;
         match status {
             Some(JobStatus::Pending) => {
+                if let Outcome::Retry { run_at, .. } = &f.completion.outcome {
+                    retries.push(*run_at);
+                }
                 ctx.metrics.job_retried(f.action);
                 tracing::info!(job_id = %id, action = %f.action, target = %f.target, attempt = f.completion.attempt, "job attempt failed; retry scheduled");
             }
@@ -106,6 +110,7 @@ pub(super) async fn write_completions(ctx: &Ctx, batch: Vec<Finished>) {
             }
         }
     }
+    super::dispatch::schedule_retries(ctx, retries);
 }
 
 /// Unlists the workers' attempts whose results were handled (recovery's own results were never

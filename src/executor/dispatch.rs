@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::cmp::Reverse;
 use std::collections::VecDeque;
 
 use tokio::sync::{Semaphore, mpsc};
@@ -11,13 +12,18 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Ctx, worker};
-use crate::store::{ClaimedBatch, ClaimedJob};
+use crate::store::{ClaimedBatch, ClaimedJob, now_us};
 
 /// Most jobs claimed in one statement.
 const MAX_CLAIM: usize = 256;
 
 /// Claims work whenever there are free workers and something may be runnable. A wake-up is
 /// never lost: the `Notified` futures are enabled before the claim query runs.
+///
+/// A claim that finds fewer jobs than free slots proves the queue empty, and until a signal
+/// says otherwise (an enqueue, LISTEN, a retry coming due, the poll) none is sent. Claiming
+/// again at every freed slot instead cost an empty round trip per finished job and kept the
+/// dispatcher busy when the next job arrived, which is what the job then waited for.
 pub(super) async fn dispatch_loop(
     ctx: Arc<Ctx>,
     mut resumes: mpsc::UnboundedReceiver<(ClaimedJob, Instant)>,
@@ -36,12 +42,16 @@ pub(super) async fn dispatch_loop(
     // one job per freed slot would cost one transaction (an fsync on SQLite) per job.
     let batch_min = (pool / 4).clamp(1, MAX_CLAIM);
     let mut backlog = false;
+    // Whether a job may be runnable that no claim has looked for yet.
+    let mut runnable = true;
     loop {
         let woke = enqueued.notified();
         let freed = ctx.capacity.notified();
-        tokio::pin!(woke, freed);
+        let rescheduled = ctx.rescheduled.notified();
+        tokio::pin!(woke, freed, rescheduled);
         woke.as_mut().enable();
         freed.as_mut().enable();
+        rescheduled.as_mut().enable();
 
         while let Ok(r) = resumes.try_recv() {
             waiting.push_back(r);
@@ -54,8 +64,10 @@ pub(super) async fn dispatch_loop(
             let Some((job, lease_from)) = waiting.pop_front() else { break };
             workers.spawn(worker::run(ctx.clone(), job, permit, lease_from, Instant::now()));
         }
+        let (due, next_retry) = due_retries(&ctx, now_us());
+        runnable |= due;
         let free = permits.available_permits().min(MAX_CLAIM);
-        let worth_it = free > 0 && (!backlog || free >= batch_min || free == pool);
+        let worth_it = runnable && free > 0 && (!backlog || free >= batch_min || free == pool);
         // The slots are reserved before the claim: the store's writer may claim for free
         // workers too (`Store::claim_for_workers`), and every claimed job must have a worker.
         let reserved = if worth_it && !stop.is_cancelled() {
@@ -72,6 +84,7 @@ pub(super) async fn dispatch_loop(
                     let claimed_at = Instant::now();
                     backoff = Duration::from_millis(50);
                     backlog = jobs.len() == free;
+                    runnable = backlog;
                     for job in jobs {
                         // Cannot fail: no more jobs were claimed than slots reserved.
                         let Some(permit) = reserved.split(1) else { break };
@@ -99,10 +112,15 @@ pub(super) async fn dispatch_loop(
         if stop.is_cancelled() {
             break;
         }
+        // The poll is the safety net (a lost LISTEN, another replica's retries); a retry
+        // scheduled here is claimed when it comes due.
+        let nap =
+            next_retry.map_or(poll, |at| poll.min(Duration::from_micros(at.saturating_sub(now_us()).max(0) as u64)));
         tokio::select! {
-            _ = &mut woke => {}
-            _ = &mut freed, if permits.available_permits() > 0 => {}
-            _ = tokio::time::sleep(poll) => {}
+            _ = &mut woke => runnable = true,
+            _ = &mut freed, if runnable && permits.available_permits() > 0 => {}
+            _ = &mut rescheduled => {}
+            _ = tokio::time::sleep(nap) => runnable = true,
             _ = stop.cancelled() => {}
             Some(_) = workers.join_next() => {}
             Some(r) = resumes.recv() => waiting.push_back(r),
@@ -126,4 +144,28 @@ fn start_claimed(ctx: &Arc<Ctx>, workers: &mut JoinSet<()>, batch: ClaimedBatch)
         let Some(one) = permit.split(1) else { break };
         workers.spawn(worker::run(ctx.clone(), job, one, batch.lease_from, claimed_at));
     }
+}
+
+/// Notes the times retries written here become runnable and wakes the dispatcher to plan for
+/// them.
+pub(super) fn schedule_retries(ctx: &Ctx, run_at: Vec<i64>) {
+    if run_at.is_empty() {
+        return;
+    }
+    if let Ok(mut heap) = ctx.retries.lock() {
+        heap.extend(run_at.into_iter().map(Reverse));
+    }
+    ctx.rescheduled.notify_one();
+}
+
+/// Whether a retry scheduled here has come due (they are forgotten once due: the claim that
+/// follows finds them, or another replica did), and when the next one does.
+fn due_retries(ctx: &Ctx, now: i64) -> (bool, Option<i64>) {
+    let Ok(mut heap) = ctx.retries.lock() else { return (false, None) };
+    let mut due = false;
+    while heap.peek().is_some_and(|Reverse(at)| *at <= now) {
+        heap.pop();
+        due = true;
+    }
+    (due, heap.peek().map(|Reverse(at)| *at))
 }

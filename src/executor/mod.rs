@@ -6,8 +6,10 @@
 //!
 //! # Who wakes whom
 //! - `dispatch`: one task. Woken by the store's `enqueued` signal (a local enqueue), by LISTEN
-//!   (another replica's), by `capacity` (a worker slot freed) or by the poll interval. Claims
-//!   at most the free slots and spawns one `worker` task per claimed job.
+//!   (another replica's), by `capacity` (a worker slot freed), when a retry scheduled here
+//!   comes due, or by the poll interval. Claims at most the free slots, and only when something
+//!   may be runnable (a claim that found fewer jobs than slots proved the queue empty), and
+//!   spawns one `worker` task per claimed job.
 //! - `worker`: one task per attempt. Registers its `Attempt` in `running`, runs the runner under
 //!   its timeout, and stops early when its cancel, shutdown, or lease-lost tokens fire. Sends
 //!   its result to the completer and signals `capacity`.
@@ -20,8 +22,8 @@
 //!   only the fence (attempt number, RUNNING) decides whether its result is written.
 //! - `maintenance`: retention and the gauges read from the database.
 //!
-//! Locks: `running` and `last_beat` are std mutexes held for a few lines, never across an
-//! await, and never both at once.
+//! Locks: `running`, `last_beat` and `retries` are std mutexes held for a few lines, never
+//! across an await, and never two at once.
 
 pub mod runners;
 pub use settings::Settings;
@@ -35,7 +37,8 @@ mod settings;
 pub mod template;
 mod worker;
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,6 +85,11 @@ struct Ctx {
     resumes: mpsc::UnboundedSender<(store::ClaimedJob, Instant)>,
     /// Actions that limit their RUNNING jobs per target (the claim honours them).
     per_target: Vec<(Action, u32)>,
+    /// When retries scheduled here become runnable (µs, earliest first), so the dispatcher
+    /// claims them on time instead of at the next poll (sender: the completer; receiver: the
+    /// dispatcher, woken by `rescheduled`).
+    retries: Mutex<BinaryHeap<Reverse<i64>>>,
+    rescheduled: Notify,
 }
 
 /// A completion plus what the metrics need.
@@ -134,6 +142,8 @@ impl Executor {
             settled: Notify::new(),
             resumes: resume_tx,
             per_target,
+            retries: Mutex::new(BinaryHeap::new()),
+            rescheduled: Notify::new(),
         });
         if store.backend() == store::Backend::Sqlite {
             // One process owns a SQLite file: whatever is RUNNING now was left by a dead one.

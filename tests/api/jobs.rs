@@ -311,6 +311,34 @@ async fn failed_attempts_retry_with_backoff_and_timeouts_fail(backend: Backend) 
     app.stop().await;
 }
 
+both_backends!(a_retry_starts_when_its_backoff_ends_not_at_the_next_poll);
+async fn a_retry_starts_when_its_backoff_ends_not_at_the_next_poll(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    // The poll alone would start the retry a minute later: only the retry's own timer is
+    // quick enough for the bound below.
+    let app = TestApp::spawn_with(db, |c| {
+        c.executor.poll_interval_ms = 60_000;
+        c.executor.action_policy = "health_check.max_attempts=2,health_check.backoff_ms=300".parse().unwrap()
+    })
+    .await;
+
+    let id = app.create("health_check", 1, true).await;
+    let job = app.wait_for(id, &["FAILED"], Duration::from_secs(10)).await;
+
+    assert_eq!(job["attempts"], 2, "{job}");
+    let events: Value =
+        app.client.get(app.url(&format!("/v1/jobs/{id}/events"))).send().await.unwrap().json().await.unwrap();
+    let kinds: Vec<&str> = events.as_array().unwrap().iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(kinds, ["created", "claimed", "attempt_failed", "retry_scheduled", "claimed", "finished"], "{events}");
+    // The second attempt is claimed once its time has come, and promptly after.
+    let time = |e: &Value| chrono::DateTime::parse_from_rfc3339(e.as_str().unwrap()).unwrap();
+    let due = time(&events[3]["detail"]["run_at"]);
+    let claimed = time(&events[4]["at"]);
+    let late = (claimed - due).num_milliseconds();
+    assert!((0..1_000).contains(&late), "retry due at {due}, claimed at {claimed}");
+    app.stop().await;
+}
+
 both_backends!(metrics_equal_the_jobs_finished);
 async fn metrics_equal_the_jobs_finished(backend: Backend) {
     let app = TestApp::spawn(backend).await;
