@@ -22,8 +22,8 @@ const MAX_CLAIM: usize = 256;
 ///
 /// A claim that finds fewer jobs than free slots proves the queue empty, and until a signal
 /// says otherwise (an enqueue, LISTEN, a retry coming due, the poll) none is sent. Claiming
-/// again at every freed slot instead cost an empty round trip per finished job and kept the
-/// dispatcher busy when the next job arrived, which is what the job then waited for.
+/// again at every freed slot instead cost an empty round trip per finished job (through
+/// SQLite's one writer connection), measured as lost end-to-end throughput.
 pub(super) async fn dispatch_loop(
     ctx: Arc<Ctx>,
     mut resumes: mpsc::UnboundedReceiver<(ClaimedJob, Instant)>,
