@@ -256,7 +256,8 @@ impl Rep<'_> {
     /// A gateway whose `health_check` action is an `http` runner GETting a local endpoint that
     /// answers 200 at once; end to end on a fresh database. Returns the figure and how many
     /// requests the endpoint served (one per job).
-    async fn end_to_end_http(&self, b: Backend) -> Result<(f64, load::PostRun, u64), String> {
+    /// (jobs/s, the POST run, requests the endpoint saw, gateway CPU ms per 1 000 jobs)
+    async fn end_to_end_http(&self, b: Backend) -> Result<(f64, load::PostRun, u64, f64), String> {
         let plan = self.ctx.plan;
         let (endpoint, served) = load::ok_endpoint().await?;
         let actions = self.ctx.run_dir.join(format!("actions-{}-{}.yaml", b.name(), self.rep));
@@ -274,7 +275,9 @@ impl Rep<'_> {
             &[("GATEWAY_ACTIONS_FILE", actions.display().to_string())],
         )?;
         g.wait_ready().await?;
+        let cpu0 = g.cpu_ms()?;
         let (rate, run) = self.end_to_end(g.addr, g.addr, plan.e2e_jobs).await?;
+        let cpu = per_1k(g.cpu_ms()? - cpu0, run.jobs.len());
         self.check_settled(g.addr, "end-to-end http runner").await?;
         load::verify_success(
             g.addr,
@@ -288,7 +291,7 @@ impl Rep<'_> {
         if requests < run.jobs.len() as u64 {
             self.ctx.errs.add(format!("http runner: the endpoint saw {requests} requests for {} jobs", run.jobs.len()));
         }
-        Ok((rate, run, requests))
+        Ok((rate, run, requests, cpu))
     }
 
     /// Time from spawning a gateway on an empty SQLite file (it creates and migrates it) to its
@@ -368,7 +371,9 @@ impl Rep<'_> {
             );
         }
 
+        let cpu0 = api.cpu_ms()?;
         let post = load::post_closed(api.addr, n_pre, plan.conns, plan.limit, &self.ctx.errs).await;
+        let post_cpu = per_1k(api.cpu_ms()? - cpu0, post.jobs.len());
         let mut lat = post.lat.clone();
         self.fig(
             "post",
@@ -379,6 +384,7 @@ impl Rep<'_> {
                 ("p50", lat.pct_ms(50.0), "ms"),
                 ("p99", lat.pct_ms(99.0), "ms"),
                 ("429/503 retries", post.retries as f64, ""),
+                ("CPU", post_cpu, "ms per 1k"),
             ],
         );
         if post.jobs.len() != n_pre {
@@ -419,6 +425,7 @@ impl Rep<'_> {
         );
 
         let ids: Arc<Vec<String>> = Arc::new(post.jobs.iter().map(|p| p.id.clone()).collect());
+        let cpu0 = api.cpu_ms()?;
         let (n, took, mut lat) =
             load::get_closed(api.addr, ids, plan.conns, Duration::from_secs_f64(plan.get_secs), &self.ctx.errs).await;
         self.fig(
@@ -429,6 +436,7 @@ impl Rep<'_> {
                 ("", n as f64 / took.as_secs_f64(), "req/s"),
                 ("p50", lat.pct_ms(50.0), "ms"),
                 ("p99", lat.pct_ms(99.0), "ms"),
+                ("CPU", per_1k(api.cpu_ms()? - cpu0, n as usize), "ms per 1k"),
             ],
         );
         api.stop().await?;
@@ -452,6 +460,8 @@ impl Rep<'_> {
             ));
         };
         let took = done - t0;
+        // From spawn: start-up and migrations count too (a few ms).
+        let drain_cpu = per_1k(w.cpu_ms()?, n_pre);
         if c.success != n_pre as u64 || c.failed != 0 || c.canceled != 0 {
             self.ctx.errs.add(format!("drain: expected {n_pre} SUCCESS, got {c:?}"));
         }
@@ -459,7 +469,11 @@ impl Rep<'_> {
             "drain",
             &format!("drain of {n_pre} pre-queued jobs"),
             format!("workers={} timed from process spawn to all SUCCESS counted", plan.drain_workers),
-            vec![("", n_pre as f64 / took.as_secs_f64(), "jobs/s"), ("in", took.as_secs_f64(), "s")],
+            vec![
+                ("", n_pre as f64 / took.as_secs_f64(), "jobs/s"),
+                ("in", took.as_secs_f64(), "s"),
+                ("CPU", drain_cpu, "ms per 1k"),
+            ],
         );
         self.check_settled(w.addr, "drain").await?;
         let check = if plan.name == "smoke" { n_pre } else { 1000 };
@@ -473,7 +487,9 @@ impl Rep<'_> {
         );
 
         // Phase 3: end to end on the same process.
+        let cpu0 = w.cpu_ms()?;
         let (e2e, mut run) = self.end_to_end(w.addr, w.addr, plan.e2e_jobs).await?;
+        let e2e_cpu = per_1k(w.cpu_ms()? - cpu0, run.jobs.len());
         let (p50, p99) = (run.lat.pct_ms(50.0), run.lat.pct_ms(99.0));
         self.fig(
             "e2e",
@@ -484,6 +500,7 @@ impl Rep<'_> {
                 ("POST rate meanwhile", run.rate(), "req/s"),
                 ("POST p50 meanwhile", p50, "ms"),
                 ("POST p99 meanwhile", p99, "ms"),
+                ("CPU", e2e_cpu, "ms per 1k"),
             ],
         );
         self.check_settled(w.addr, "end-to-end").await?;
@@ -549,7 +566,7 @@ impl Rep<'_> {
         w.stop().await?;
 
         // Phase 4b: end to end through the `http` runner against a local endpoint.
-        let (e2e_http, run_http, requests) = self.end_to_end_http(b).await?;
+        let (e2e_http, run_http, requests, http_cpu) = self.end_to_end_http(b).await?;
         self.fig(
             "e2e_http",
             "end-to-end jobs through the http runner (POST -> GET 127.0.0.1 -> SUCCESS persisted)",
@@ -563,6 +580,7 @@ impl Rep<'_> {
                 ("", e2e_http, "jobs/s"),
                 ("POST rate meanwhile", run_http.rate(), "req/s"),
                 ("endpoint requests", requests as f64, ""),
+                ("CPU", http_cpu, "ms per 1k"),
             ],
         );
 
@@ -624,6 +642,11 @@ fn dispatch_vals(d: load::Disp, load: Option<f64>) -> Vec<(&'static str, f64, &'
         v.push(("load", l, "req/s"));
     }
     v
+}
+
+/// CPU ms per 1 000 jobs (or requests).
+fn per_1k(cpu_ms: f64, n: usize) -> f64 {
+    if n == 0 { 0.0 } else { cpu_ms * 1000.0 / n as f64 }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
