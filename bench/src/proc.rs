@@ -192,7 +192,8 @@ impl Gateway {
 
     /// CPU time the gateway has used so far, all threads, user and system, in ms (kernel
     /// accounting in clock ticks: 10 ms at the usual 100 Hz). Differences of it per job say what
-    /// a build costs independently of how fast the machine happens to be in that minute.
+    /// a build costs apart from the rate the machine allowed; on a shared virtual machine it still
+    /// moves with the machine's speed (up to 30 % between runs of one binary in runs AF).
     pub fn cpu_ms(&self) -> Result<f64> {
         let s = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
             .map_err(|e| format!("reading CPU time: {e}"))?;
@@ -245,6 +246,7 @@ fn cpu_ticks(stat: &str) -> Option<u64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
+
 /// The kernel's clock ticks per second (`getconf CLK_TCK`), 100 if it cannot be asked.
 fn clock_ticks_per_sec() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
