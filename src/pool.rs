@@ -2,9 +2,9 @@
 //! come from page-aligned pools.
 //!
 //! Why mimalloc under the pools: glibc's malloc took about a quarter of the gateway's own CPU under
-//! load (`perf`: malloc, free and the consolidation of glibc's fast bins); with mimalloc the CPU per
-//! job fell 11-16 % and every rate rose (end-to-end jobs +22 %, runs AG). SQLite's C code still
-//! allocates from glibc.
+//! load (`perf`: malloc, free and the consolidation of glibc's fast bins); with mimalloc, on SQLite,
+//! the CPU per end-to-end job fell 18 % and that rate rose 23 % (runs AG; PostgreSQL within noise
+//! but `GET`, -5 %). SQLite's C code still allocates from glibc.
 //!
 //! Why: every open HTTP/1 connection holds hyper's 8 KiB read and 8 KiB write buffers for as long
 //! as it lives (an idle keep-alive client, an event stream), and glibc writes a boundary tag at both
@@ -22,6 +22,8 @@
 //! class only reuses its own, which is enough for buffers that come and go in a few sizes.
 
 use std::alloc::{GlobalAlloc, Layout};
+use std::ptr;
+use std::sync::Mutex;
 
 /// Everything the pools do not serve.
 use mimalloc::MiMalloc as Fallback;
@@ -45,8 +47,6 @@ pub fn tune() {
         libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
     }
 }
-use std::ptr;
-use std::sync::Mutex;
 
 /// Smallest and largest pooled block.
 const MIN_BLOCK: usize = 8 * 1024;

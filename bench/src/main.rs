@@ -733,6 +733,12 @@ struct Args {
     backends: Vec<Backend>,
 }
 
+/// A flag's count argument, at least 1.
+fn count_arg(flag: &str, value: Option<String>) -> Result<usize, String> {
+    let n = value.ok_or(format!("{flag} needs a count"))?;
+    n.parse::<usize>().ok().filter(|&n| n > 0).ok_or(format!("{flag} takes a count >= 1, not {n:?}"))
+}
+
 fn parse_args() -> Result<Args, String> {
     let mut plan = None;
     let mut gateway = None;
@@ -756,15 +762,7 @@ fn parse_args() -> Result<Args, String> {
                     other => return Err(format!("--only takes sqlite or postgres, not {other:?}")),
                 }
             }
-            "--reps" => {
-                let n = it.next().ok_or("--reps needs a number")?;
-                reps = Some(
-                    n.parse::<usize>()
-                        .ok()
-                        .filter(|&n| n > 0)
-                        .ok_or(format!("--reps takes a count >= 1, not {n:?}"))?,
-                );
-            }
+            "--reps" => reps = Some(count_arg("--reps", it.next())?),
             "--load" => {
                 let n = it.next().ok_or("--load needs a rate")?;
                 load = Some(
@@ -774,15 +772,7 @@ fn parse_args() -> Result<Args, String> {
                         .ok_or(format!("--load takes POSTs per second > 0, not {n:?}"))?,
                 );
             }
-            "--conns" => {
-                let n = it.next().ok_or("--conns needs a count")?;
-                conns = Some(
-                    n.parse::<usize>()
-                        .ok()
-                        .filter(|&n| n > 0)
-                        .ok_or(format!("--conns takes a count >= 1, not {n:?}"))?,
-                );
-            }
+            "--conns" => conns = Some(count_arg("--conns", it.next())?),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
