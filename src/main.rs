@@ -7,22 +7,10 @@ use automation_gateway::{App, store::Store, telemetry};
 use clap::Parser;
 
 /// Buffers of 8 to 64 KiB (each connection's HTTP buffers) from page-aligned pools, the rest from
-/// mimalloc: an idle connection then costs only the pages its buffers touch (see `pool`).
+/// glibc: an idle connection then costs only the pages its buffers touch (see `pool`).
 #[cfg(target_os = "linux")]
 #[global_allocator]
 static ALLOC: automation_gateway::pool::Pooled = automation_gateway::pool::Pooled;
-
-/// Runs before Rust's runtime makes its first allocation: mimalloc reads its options when it maps
-/// its first arena, and that happens before `main`.
-#[cfg(target_os = "linux")]
-#[used]
-#[unsafe(link_section = ".init_array")]
-static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
-
-#[cfg(target_os = "linux")]
-extern "C" fn tune_allocator() {
-    automation_gateway::pool::tune();
-}
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -1,10 +1,5 @@
-//! The global allocator of the gateway binary: mimalloc, except for blocks of 8 to 64 KiB, which
+//! The global allocator of the gateway binary: glibc's, except for blocks of 8 to 64 KiB, which
 //! come from page-aligned pools.
-//!
-//! Why mimalloc under the pools: glibc's malloc took about a quarter of the gateway's own CPU under
-//! load (`perf`: malloc, free and the consolidation of glibc's fast bins); with mimalloc, on SQLite,
-//! the CPU per end-to-end job fell 18 % and that rate rose 23 % (runs AG; PostgreSQL within noise
-//! but `GET`, -5 %). SQLite's C code still allocates from glibc.
 //!
 //! Why: every open HTTP/1 connection holds hyper's 8 KiB read and 8 KiB write buffers for as long
 //! as it lives (an idle keep-alive client, an event stream), and glibc writes a boundary tag at both
@@ -21,32 +16,9 @@
 //! loop in `memory`) gives the dirty blocks' pages back. Blocks are never split or merged: a
 //! class only reuses its own, which is enough for buffers that come and go in a few sizes.
 
-use std::alloc::{GlobalAlloc, Layout};
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr;
 use std::sync::Mutex;
-
-/// Everything the pools do not serve.
-use mimalloc::MiMalloc as Fallback;
-
-/// mimalloc 3's `mi_option_arena_eager_commit` and `mi_option_purge_delay` (their places in
-/// `mi_option_e`, `mimalloc.h`; the Rust bindings name no constants for them).
-const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Sets mimalloc's options before its first allocation (the binary calls it from an
-/// `.init_array` constructor, ahead of Rust's runtime).
-pub fn tune() {
-    // SAFETY: mi_option_set only stores a value, read when mimalloc next needs it.
-    unsafe {
-        // Commit arena memory as it is used: eager commit (mimalloc's default where the kernel
-        // overcommits) made an idle gateway's heap 22 MiB instead of 4.
-        libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
-        // Give freed pages back at once. mimalloc has no background thread: a delayed purge runs
-        // only when some thread next allocates or frees, so a gateway that went idle after a burst
-        // kept them (100 000 POSTs: 21.1 MiB of RSS after, 16.9 with no delay; same rates).
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
-    }
-}
 
 /// Smallest and largest pooled block.
 const MIN_BLOCK: usize = 8 * 1024;
@@ -89,7 +61,7 @@ pub struct Pool {
     lists: Mutex<Lists>,
 }
 
-/// The class of a layout, or `None` when mimalloc serves it.
+/// The class of a layout, or `None` when glibc serves it.
 fn class_of(layout: Layout) -> Option<usize> {
     if layout.size() < MIN_BLOCK || layout.size() > MAX_BLOCK || layout.align() > PAGE {
         return None;
@@ -238,13 +210,13 @@ impl Pool {
 
 // SAFETY: pooled blocks are `block_size(class) >= layout.size()` bytes, page-aligned (regions are
 // page-aligned and every block size is a multiple of a page), so they satisfy any layout of their
-// class (alignment up to a page); everything else is mimalloc's.
+// class (alignment up to a page); everything else is glibc's.
 unsafe impl GlobalAlloc for Pooled {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match class_of(layout) {
             Some(class) => POOL.take(class),
             // SAFETY: the caller's contract, passed on.
-            None => unsafe { Fallback.alloc(layout) },
+            None => unsafe { System.alloc(layout) },
         }
     }
 
@@ -261,7 +233,7 @@ unsafe impl GlobalAlloc for Pooled {
                 block
             }
             // SAFETY: the caller's contract, passed on.
-            None => unsafe { Fallback.alloc_zeroed(layout) },
+            None => unsafe { System.alloc_zeroed(layout) },
         }
     }
 
@@ -270,7 +242,7 @@ unsafe impl GlobalAlloc for Pooled {
             // SAFETY: a block of this layout's class came from the pool (alloc routes by layout).
             Some(class) => unsafe { POOL.give(class, block) },
             // SAFETY: the caller's contract, passed on.
-            None => unsafe { Fallback.dealloc(block, layout) },
+            None => unsafe { System.dealloc(block, layout) },
         }
     }
 
@@ -279,7 +251,7 @@ unsafe impl GlobalAlloc for Pooled {
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
         match (class_of(layout), class_of(new_layout)) {
             // SAFETY: the caller's contract, passed on.
-            (None, None) => unsafe { Fallback.realloc(block, layout, new_size) },
+            (None, None) => unsafe { System.realloc(block, layout, new_size) },
             (Some(a), Some(b)) if a == b => block,
             _ => {
                 // SAFETY: a new block for the new layout, the contents copied, the old one freed.
