@@ -12,6 +12,18 @@ use clap::Parser;
 #[global_allocator]
 static ALLOC: automation_gateway::pool::Pooled = automation_gateway::pool::Pooled;
 
+/// Runs before Rust's runtime makes its first allocation, so that every chunk glibc hands out
+/// sees the tuned allocator (see `pool::tune_glibc`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+extern "C" fn tune_allocator() {
+    automation_gateway::pool::tune_glibc();
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     // One crypto provider (ring) serves every TLS client in the binary (a second one, aws-lc,

@@ -15,6 +15,12 @@
 //! blocks are reused last-in first-out, so the hot ones stay in cache. `trim` (from the idle trim
 //! loop in `memory`) gives the dirty blocks' pages back. Blocks are never split or merged: a
 //! class only reuses its own, which is enough for buffers that come and go in a few sizes.
+//!
+//! glibc's fast bins are turned off (`tune_glibc`): a chunk freed into a fast bin is not merged
+//! with its free neighbours until glibc next consolidates the bins, which it does whenever a
+//! request too large for its per-thread cache arrives. Under load that consolidation was a large
+//! share of `malloc`'s time, and after a burst the unmerged chunks kept pages that the idle trim
+//! could not give back. The per-thread cache (tcache) still serves small sizes without a lock.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr;
@@ -28,6 +34,16 @@ const CLASSES: usize = 4;
 /// Address space taken from the kernel at a time (pages become resident only when touched).
 const REGION: usize = 4 * 1024 * 1024;
 const PAGE: usize = 4096;
+
+/// Turns glibc's fast bins off; the binary calls it from an `.init_array` constructor, before
+/// Rust's runtime allocates, so no chunk ever enters them. Measured (runs AH): 1 000 idle event
+/// streams 19.1 -> 16.9 MB of RSS (three runs each), rates equal or higher.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn tune_glibc() {
+    // SAFETY: mallopt only sets an allocator parameter; with M_MXFAST 0 no chunk size qualifies
+    // for a fast bin (glibc's own `glibc.malloc.mxfast=0` tunable does the same).
+    unsafe { libc::mallopt(libc::M_MXFAST, 0) };
+}
 
 /// The gateway binary's `#[global_allocator]`.
 pub struct Pooled;

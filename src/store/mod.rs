@@ -79,6 +79,9 @@ struct Inner {
     events_written: Arc<Notify>,
     /// Signalled after a commit that added a due webhook delivery: the deliverer's wake-up.
     webhooks_due: Arc<Notify>,
+    /// Reads of the event log's horizon, shared by the callers that wait together (see
+    /// `events::Horizon`).
+    horizon: events::Horizon,
     /// Estimate of PENDING jobs, refreshed from the database by `queue_stats` and kept current
     /// by this process's enqueues and claims; used only for the `max_pending` check.
     pending_estimate: AtomicI64,
@@ -197,6 +200,7 @@ impl Store {
                 enqueued: Arc::new(Notify::new()),
                 events_written: Arc::new(Notify::new()),
                 webhooks_due: Arc::new(Notify::new()),
+                horizon: events::Horizon::default(),
                 pending_estimate: AtomicI64::new(0),
                 max_pending: config.max_pending,
                 closed: AtomicBool::new(false),

@@ -850,6 +850,64 @@ mod tests {
         Ok(store)
     }
 
+    /// Streams opened together share reads of the event log's horizon (a thousand at once made
+    /// a thousand queries, and the requests waiting on them fragmented the heap), yet no caller
+    /// gets a horizon from before its call: an event committed before the call is at or below it.
+    #[tokio::test]
+    async fn concurrent_horizon_reads_are_shared_and_never_older_than_the_call()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = migrated_store(format!("sqlite://{}/h.db?mode=rwc", dir.path().display()), 4, 1000).await?;
+        let job = health_check_job()?;
+        let last_event = |store: Store| async move {
+            let rows = store
+                .inner
+                .read
+                .query_all_raw(Statement::from_string(DbBackend::Sqlite, "SELECT MAX(id) AS n FROM job_events"))
+                .await?;
+            Ok::<i64, Box<dyn std::error::Error>>(get::<i64>(&rows[0], "n")?)
+        };
+        for round in 0..5 {
+            store.enqueue(job(&format!("t{round}")), None, None).await?;
+            let committed = last_event(store.clone()).await?;
+            let before = store.inner.horizon.started.load(Ordering::SeqCst);
+            let calls: Vec<_> = (0..200)
+                .map(|_| {
+                    tokio::spawn({
+                        let store = store.clone();
+                        async move { store.event_horizon().await }
+                    })
+                })
+                .collect();
+            for call in calls {
+                let horizon = call.await??;
+                assert!(horizon >= committed, "round {round}: horizon {horizon} is older than event {committed}");
+            }
+            let reads = store.inner.horizon.started.load(Ordering::SeqCst) - before;
+            assert!((1..=20).contains(&reads), "round {round}: 200 callers made {reads} reads");
+        }
+        // SQLite, no event committed since the last read: later callers take it without a query.
+        let before = store.inner.horizon.started.load(Ordering::SeqCst);
+        let again = store.event_horizon().await?;
+        assert_eq!(again, last_event(store.clone()).await?);
+        assert_eq!(store.inner.horizon.started.load(Ordering::SeqCst), before, "a read with nothing new to see");
+        Ok(())
+    }
+
+    /// A maker of `health_check` jobs on a given target.
+    fn health_check_job() -> Result<impl Fn(&str) -> crate::jobs::NewJob, Box<dyn std::error::Error>> {
+        let action = crate::jobs::Action::new("health_check").map_err(|e| e.to_string())?;
+        Ok(move |target: &str| crate::jobs::NewJob {
+            action,
+            target: target.to_owned(),
+            requested_by: "test".to_owned(),
+            parameters: json!({}),
+            submitted_by: "tester".to_owned(),
+            callback_url: None,
+            traceparent: None,
+        })
+    }
+
     /// Claims up to `n` jobs for `owner` and returns their successful completions.
     async fn claimed_as_successes(store: &Store, owner: Uuid, n: usize) -> Result<Vec<Completion>, Error> {
         let jobs = store.claim_batch(owner, n, 60_000_000, &[]).await?;
@@ -998,20 +1056,11 @@ mod tests {
     async fn postgres_enqueue_waiting_on_a_key_in_flight_keeps_the_event_horizon_free()
     -> Result<(), Box<dyn std::error::Error>> {
         in_fresh_pg_database(|url| async move {
-            use crate::jobs::{Action, EventKind, NewJob};
+            use crate::jobs::EventKind;
             use sqlx::Connection;
             use std::time::Duration;
             let store = migrated_store(&url, 4, 1000).await?;
-            let action = Action::new("health_check").map_err(|e| e.to_string())?;
-            let job = |target: &str| NewJob {
-                action,
-                target: target.to_owned(),
-                requested_by: "test".to_owned(),
-                parameters: json!({}),
-                submitted_by: "tester".to_owned(),
-                callback_url: None,
-                traceparent: None,
-            };
+            let job = health_check_job()?;
             let mut other = sqlx::PgConnection::connect(&url).await?;
             sqlx::raw_sql(
                 "BEGIN; INSERT INTO jobs (id, action, target, requested_by, parameters, status, attempts, created_at, \
