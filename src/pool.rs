@@ -37,7 +37,7 @@ const PAGE: usize = 4096;
 
 /// Turns glibc's fast bins off; the binary calls it from an `.init_array` constructor, before
 /// Rust's runtime allocates, so no chunk ever enters them. Measured (runs AH): 1 000 idle event
-/// streams 19.1 -> 16.9 MB of RSS (three runs each), rates equal or higher.
+/// streams 19.1 -> 16.9 MB of RSS (three runs each), rates within the machine's noise.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn tune_glibc() {
     // SAFETY: mallopt only sets an allocator parameter; with M_MXFAST 0 no chunk size qualifies

@@ -30,8 +30,8 @@ use crate::jobs::{Action, EventKind, GATEWAY, JobEvent, JobId, NewEvent};
 /// takes the value of a read that started after it called, or makes one. On SQLite, where this
 /// process writes every event and counts the commits that do (`note_events_written`), a read
 /// also serves later callers while no such commit has been counted since it started: nothing
-/// committed before their call can be above it. Either way every caller gets a horizon no older
-/// than its call.
+/// committed and counted before their call can be above it (an event committed but not yet
+/// counted may also reach a new stream: an extra delivery, never a missed one).
 #[derive(Default)]
 pub(super) struct Horizon {
     /// Reads started so far.
@@ -183,8 +183,8 @@ impl Store {
     }
 
     /// The largest event id below which every event is committed (or never will be): readers
-    /// that stop there never skip an event that commits later. The value was read after this
-    /// call began; callers that wait at the same time share one read (see [`Horizon`]).
+    /// that stop there never skip an event that commits later. Callers that wait at the same
+    /// time share one read begun after their calls (see [`Horizon`]).
     pub async fn event_horizon(&self) -> Result<i64, Error> {
         let h = &self.inner.horizon;
         let sqlite = self.inner.backend == Backend::Sqlite;
