@@ -168,14 +168,12 @@ impl Executor {
         }
         let permits = Arc::new(Semaphore::new(config.workers as usize));
         let (claimed_tx, claimed_rx) = mpsc::unbounded_channel();
-        // SQLite only: there the writer is the one connection that writes, and claiming in its
-        // transaction saves a commit. On PostgreSQL claims run in parallel on the pool, and
-        // folding them into the single writer serialized them: end-to-end jobs 4 901 -> 5 701
-        // per s and through the `http` runner 5 040 -> 6 099 per s without it (interleaved
-        // runs, median of 3).
-        if ctx.per_target.is_empty() && config.workers > 0 && store.pg_pool().is_none() {
-            // The store's writer claims for free workers in the transaction that makes jobs
-            // runnable (receiver: the dispatcher).
+        // The store's writer claims for free workers as it makes jobs runnable (receiver: the
+        // dispatcher). On SQLite the claim joins the writer's transaction and saves a commit;
+        // on PostgreSQL the statement that inserts new jobs claims them, and only them (the
+        // dispatcher's own claims still run in parallel on the pool: folding those into the one
+        // writer serialized them, measured as end-to-end jobs 5 701 -> 4 901 per s).
+        if ctx.per_target.is_empty() && config.workers > 0 {
             let claimer = store::Claimer {
                 owner: ctx.owner,
                 lease_us: ctx.lease_us,

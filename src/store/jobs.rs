@@ -7,13 +7,15 @@ use sea_orm::{ConnectionTrait, TransactionTrait, Value};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::queue::{FinishEffects, PiggybackClaim};
+use super::queue::{CLAIMED_COLUMNS, FinishEffects, PiggybackClaim, Reservation};
 use super::rows::{self, JOB_COLUMNS, get};
 use super::{Backend, Completion, Error, JOBS_CHANNEL, Store, exec, now_us, values_in_chunks};
-use crate::jobs::{Action, EventKind, Job, JobId, JobStatus, NewEvent, NewJob};
+use crate::jobs::{Action, EventKind, GATEWAY, Job, JobId, JobStatus, NewEvent, NewJob};
 
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 512;
+/// Most new jobs claimed by the statement that inserts them (PostgreSQL).
+const MAX_PIGGYBACK_NEW: usize = 256;
 
 /// The answer to an enqueue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -370,11 +372,22 @@ async fn commit_together(
     completions: &[Completion],
 ) -> Result<Written, Error> {
     let now = now_us();
-    if completions.is_empty() && store.inner.backend == Backend::Postgres && store.inner.claimer.get().is_none() {
-        // PostgreSQL, new jobs alone (its finishes and claims run on the pool): the insert is
-        // one statement, atomic on its own, and needs no BEGIN and COMMIT of its own.
-        let inserted = insert_in(store, &store.inner.write, requests, now).await?;
-        announce(store, &inserted, &None);
+    if completions.is_empty() && store.inner.backend == Backend::Postgres {
+        // PostgreSQL, new jobs alone (its finishes and dispatcher claims run on the pool): the
+        // insert, and the claim of new jobs this process has free workers for, is one
+        // statement, atomic on its own, with no BEGIN and COMMIT of its own.
+        let reserved = store.reserve_workers(requests.len().min(MAX_PIGGYBACK_NEW));
+        let mut inserted = insert_in(store, &store.inner.write, requests, now, reserved.as_ref()).await?;
+        let claim = reserved.map(|r| {
+            let jobs = std::mem::take(&mut inserted.claimed);
+            // New jobs left PENDING (no slot, or older jobs were waiting) wake the dispatcher.
+            let maybe_more = jobs.len() < inserted.created;
+            r.into_claim(jobs, maybe_more)
+        });
+        announce(store, &inserted, &claim);
+        if let Some(claim) = claim {
+            store.deliver_claim(claim);
+        }
         return Ok((inserted.results, Vec::new()));
     }
     let txn = store.inner.write.begin().await?;
@@ -384,7 +397,7 @@ async fn commit_together(
         store.finish_in(&txn, completions, now).await?
     };
     let inserted =
-        if requests.is_empty() { Inserted::default() } else { insert_in(store, &txn, requests, now).await? };
+        if requests.is_empty() { Inserted::default() } else { insert_in(store, &txn, requests, now, None).await? };
     // New jobs are runnable now. (Not for finished attempts alone: with a backlog, the
     // dispatcher's own claims overlap the writer's transactions, which measured faster than
     // claiming inside them.)
@@ -410,9 +423,9 @@ fn announce(store: &Store, inserted: &Inserted, claim: &Option<PiggybackClaim>) 
     }
     if inserted.created > 0 {
         store.add_pending_estimate(inserted.created as i64);
-        // Fewer jobs claimed than workers reserved means nothing runnable is left: the
-        // dispatcher would only find an empty queue. Receiver: `executor::dispatch`.
-        if claim.as_ref().is_none_or(|c| c.claimed() >= c.reserved) {
+        // Otherwise the claim took everything runnable: the dispatcher would only find an
+        // empty queue. Receiver: `executor::dispatch`.
+        if claim.as_ref().is_none_or(|c| c.maybe_more) {
             store.inner.enqueued.notify_one();
         }
     }
@@ -423,14 +436,18 @@ fn announce(store: &Store, inserted: &Inserted, claim: &Option<PiggybackClaim>) 
 struct Inserted {
     results: Vec<Result<Enqueued, Error>>,
     created: usize,
+    /// New jobs claimed as they were inserted (PostgreSQL, with `reserved` slots).
+    claimed: Vec<super::ClaimedJob>,
 }
 
-/// Inserts new jobs (and their `created` events) inside `txn`.
+/// Inserts new jobs (and their `created` events) inside `txn`; on PostgreSQL, with `reserved`
+/// worker slots, claims new jobs for them in the same statement (see `pg_insert_with_events`).
 async fn insert_in(
     store: &Store,
     txn: &impl ConnectionTrait,
     requests: &[EnqueueRequest],
     now: i64,
+    reserved: Option<&Reservation>,
 ) -> Result<Inserted, Error> {
     let inner = &store.inner;
 
@@ -453,9 +470,9 @@ async fn insert_in(
 
     let admitted = &requests[..(room as usize).min(requests.len())];
     let ids: Vec<JobId> = admitted.iter().map(|_| JobId::new()).collect();
-    let inserted = match inner.backend {
-        Backend::Postgres => pg_insert_with_events(store, txn, admitted, &ids, now).await?,
-        Backend::Sqlite => sqlite_insert_with_events(txn, admitted, &ids, now).await?,
+    let (inserted, claimed) = match inner.backend {
+        Backend::Postgres => pg_insert_with_events(store, txn, admitted, &ids, now, reserved).await?,
+        Backend::Sqlite => (sqlite_insert_with_events(txn, admitted, &ids, now).await?, Vec::new()),
     };
 
     // Requests whose row was not inserted collided on their idempotency key: with an earlier
@@ -508,7 +525,7 @@ async fn insert_in(
             }
         })
         .collect();
-    Ok(Inserted { results, created: inserted.len() })
+    Ok(Inserted { results, created: inserted.len(), claimed })
 }
 
 /// SQLite: the new jobs, then their `created` events, as VALUES lists. Returns the ids inserted
@@ -559,7 +576,14 @@ async fn sqlite_insert_with_events(
 /// PostgreSQL: the new jobs, their `created` events and the wake-up of other replicas in one
 /// statement, whatever the batch's size: one round trip and one prepared shape, where VALUES
 /// lists split into power-of-two chunks took two statements per chunk and a NOTIFY. The batch
-/// travels as one JSON array, as in `finish_terminal_pg`. Returns the ids inserted.
+/// travels as one JSON array, as in `finish_terminal_pg`. Returns the ids inserted, and the
+/// jobs claimed with them.
+///
+/// With `reserved` worker slots, the first new jobs (up to the slots) are inserted RUNNING with
+/// this process's lease, and their `claimed` events follow their `created` ones: the job starts
+/// with no claim statement of its own, and a 202 still says PENDING, as it was when accepted.
+/// Only when no older job is runnable (read in the statement's snapshot): a new job never
+/// overtakes one that waits. Other replicas are notified only of new jobs left PENDING.
 ///
 /// Rows are inserted in idempotency-key order: a client that retries on another replica while
 /// its first try is in flight puts the same key in two batches, and each insert waits for the
@@ -572,7 +596,8 @@ async fn pg_insert_with_events(
     requests: &[EnqueueRequest],
     ids: &[JobId],
     now: i64,
-) -> Result<HashSet<Uuid>, Error> {
+    reserved: Option<&Reservation>,
+) -> Result<(HashSet<Uuid>, Vec<super::ClaimedJob>), Error> {
     let rows: Vec<serde_json::Value> = requests
         .iter()
         .zip(ids)
@@ -594,26 +619,76 @@ async fn pg_insert_with_events(
             })
         })
         .collect();
-    let horizon = super::events::pg_horizon_after("ins", &format!(", pg_notify('{JOBS_CHANNEL}', '')"));
-    let sql = format!(
-        "WITH v AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(n int4, id uuid, action text, target text, \
+    let (pending, running) = (rows::sql(JobStatus::Pending), rows::sql(JobStatus::Running));
+    let created = EventKind::Created.as_str();
+    let batch = "v AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS r(n int4, id uuid, action text, target text, \
          requested_by text, parameters text, idempotency_key text, request_fingerprint text, submitted_by text, \
-         callback_url text, traceparent text, request_id text)), \
-         ins AS (INSERT INTO jobs (id, action, target, requested_by, parameters, status, attempts, created_at, run_at, \
-         cancel_requested, idempotency_key, request_fingerprint, submitted_by, callback_url, traceparent) \
-         SELECT id, action, target, requested_by, parameters, {pending}, 0, $2, $2, FALSE, idempotency_key, \
-         request_fingerprint, submitted_by, callback_url, traceparent FROM v ORDER BY idempotency_key, n \
-         ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id), \
+         callback_url text, traceparent text, request_id text))";
+    let mut values: Vec<Value> = vec![serde_json::Value::Array(rows).to_string().into(), now.into()];
+    let Some(reserved) = reserved else {
+        let horizon = super::events::pg_horizon_after("ins", &format!(", pg_notify('{JOBS_CHANNEL}', '')"));
+        let sql = format!(
+            "WITH {batch}, \
+             ins AS (INSERT INTO jobs (id, action, target, requested_by, parameters, status, attempts, created_at, \
+             run_at, cancel_requested, idempotency_key, request_fingerprint, submitted_by, callback_url, traceparent) \
+             SELECT id, action, target, requested_by, parameters, {pending}, 0, $2, $2, FALSE, idempotency_key, \
+             request_fingerprint, submitted_by, callback_url, traceparent FROM v ORDER BY idempotency_key, n \
+             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id), \
+             {horizon}, \
+             events AS (INSERT INTO job_events (job_id, at, event, actor, request_id, detail) \
+             SELECT v.id, $2, '{created}', v.submitted_by, v.request_id, NULL FROM v JOIN ins ON ins.id = v.id \
+             CROSS JOIN horizon ORDER BY v.n) \
+             SELECT id FROM ins"
+        );
+        let rows = txn.query_all_raw(store.stmt(&sql, values)).await?;
+        let inserted = rows.iter().map(|row| get::<Uuid>(row, "id")).collect::<Result<_, _>>()?;
+        return Ok((inserted, Vec::new()));
+    };
+    // `quiet`: no job was runnable before this batch (the partial index's first entry, in the
+    // statement's snapshot, which does not hold the batch's own rows).
+    let horizon = super::events::pg_horizon_after(
+        "ins",
+        &format!(
+            ", (SELECT pg_notify('{JOBS_CHANNEL}', '') WHERE EXISTS (SELECT 1 FROM ins WHERE status = {pending}))"
+        ),
+    );
+    let claimed = EventKind::Claimed.as_str();
+    let sql = format!(
+        "WITH {batch}, \
+         quiet AS MATERIALIZED (SELECT NOT EXISTS (SELECT 1 FROM jobs WHERE status = {pending} AND run_at <= $2) AS ok), \
+         c AS (SELECT v.*, (quiet.ok AND v.n < $3) AS go FROM v CROSS JOIN quiet), \
+         ins AS (INSERT INTO jobs (id, action, target, requested_by, parameters, status, attempts, created_at, \
+         run_at, cancel_requested, idempotency_key, request_fingerprint, submitted_by, callback_url, traceparent, \
+         lease_owner, lease_until, started_at) \
+         SELECT id, action, target, requested_by, parameters, CASE WHEN go THEN {running} ELSE {pending} END, \
+         CASE WHEN go THEN 1 ELSE 0 END, $2, $2, FALSE, idempotency_key, request_fingerprint, submitted_by, \
+         callback_url, traceparent, CASE WHEN go THEN $4::uuid END, CASE WHEN go THEN $5::int8 END, \
+         CASE WHEN go THEN $2::int8 END FROM c ORDER BY idempotency_key, n \
+         ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+         RETURNING status, {CLAIMED_COLUMNS}), \
          {horizon}, \
          events AS (INSERT INTO job_events (job_id, at, event, actor, request_id, detail) \
-         SELECT v.id, $2, '{created}', v.submitted_by, v.request_id, NULL FROM v JOIN ins ON ins.id = v.id \
-         CROSS JOIN horizon ORDER BY v.n) \
-         SELECT id FROM ins",
-        pending = rows::sql(JobStatus::Pending),
-        created = EventKind::Created.as_str(),
+         SELECT e.id, $2, e.event, e.actor, e.request_id, e.detail FROM ( \
+         SELECT v.id, 0 AS phase, v.n, '{created}' AS event, v.submitted_by AS actor, v.request_id, NULL::text AS detail \
+         FROM v JOIN ins ON ins.id = v.id \
+         UNION ALL \
+         SELECT v.id, 1, v.n, '{claimed}', '{GATEWAY}', NULL, \
+         jsonb_build_object('attempt', 1, 'replica', $4::uuid::text)::text \
+         FROM v JOIN ins ON ins.id = v.id WHERE ins.status = {running}) e \
+         CROSS JOIN horizon ORDER BY e.phase, e.n) \
+         SELECT * FROM ins"
     );
-    let values: Vec<Value> = vec![serde_json::Value::Array(rows).to_string().into(), now.into()];
-    txn.query_all_raw(store.stmt(&sql, values)).await?.iter().map(|row| get::<Uuid>(row, "id")).collect()
+    values.extend([(reserved.slots as i64).into(), reserved.owner.into(), (now + reserved.lease_us).into()]);
+    let rows = txn.query_all_raw(store.stmt(&sql, values)).await?;
+    let mut inserted = HashSet::with_capacity(rows.len());
+    let mut jobs = Vec::new();
+    for row in &rows {
+        inserted.insert(get::<Uuid>(row, "id")?);
+        if rows::status(row)? == JobStatus::Running {
+            jobs.push(rows::claimed(row, now)?);
+        }
+    }
+    Ok((inserted, jobs))
 }
 
 /// The `created` event of each inserted job.

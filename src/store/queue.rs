@@ -13,7 +13,7 @@ use super::rows::{self, get};
 use super::{Backend, Error, Store, now_us};
 
 /// What a claim returns.
-const CLAIMED_COLUMNS: &str = "id, action, target, parameters, attempts, created_at, started_at, requested_by, external, cancel_requested, traceparent";
+pub(super) const CLAIMED_COLUMNS: &str = "id, action, target, parameters, attempts, created_at, started_at, requested_by, external, cancel_requested, traceparent";
 
 /// The advisory lock claims take while some action limits its jobs per target (PostgreSQL).
 const CLAIM_LOCK_KEY: i64 = 0x0061_6763_6c61_696d; // "agclaim"
@@ -108,7 +108,7 @@ pub(super) struct FinishEffects {
 const MAX_PIGGYBACK: usize = 256;
 
 /// The dispatcher of this process, attached to the store so the writer can claim for it (see
-/// `Store::claim_for_workers`). Only without per-target limits: those claims take a lock and
+/// `Store::claim_for_workers`, and on PostgreSQL `jobs::pg_insert_with_events`). Only without per-target limits: those claims take a lock and
 /// count a target's RUNNING jobs, which stays the dispatcher's own business.
 pub struct Claimer {
     /// The lease owner (this process).
@@ -131,11 +131,30 @@ pub struct ClaimedBatch {
     pub lease_from: tokio::time::Instant,
 }
 
+/// Worker slots of the attached claimer, taken before a claim made by the writer so that every
+/// job it claims has a worker (unused ones go back when the claim is delivered or dropped).
+pub(super) struct Reservation {
+    pub(super) owner: Uuid,
+    pub(super) lease_us: i64,
+    /// How many slots are held.
+    pub(super) slots: usize,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    /// Taken before the claim is sent: the local lease deadline must never end later than the
+    /// one the database computes.
+    lease_from: tokio::time::Instant,
+}
+
+impl Reservation {
+    pub(super) fn into_claim(self, jobs: Vec<ClaimedJob>, maybe_more: bool) -> PiggybackClaim {
+        PiggybackClaim { batch: ClaimedBatch { jobs, permit: self.permit, lease_from: self.lease_from }, maybe_more }
+    }
+}
+
 /// A claim made inside the writer's transaction, delivered once it commits.
 pub(super) struct PiggybackClaim {
     batch: ClaimedBatch,
-    /// Permits reserved for it: fewer jobs than this means nothing else was runnable.
-    pub(super) reserved: usize,
+    /// Runnable jobs may be left that this claim did not take: the dispatcher is woken.
+    pub(super) maybe_more: bool,
 }
 
 impl PiggybackClaim {
@@ -295,6 +314,27 @@ impl Store {
         Ok(jobs)
     }
 
+    /// Reserves up to `max` of the attached claimer's free worker slots for a claim made by the
+    /// writer. `None` when no claimer is attached, it is stopping, or no worker is free.
+    pub(super) fn reserve_workers(&self, max: usize) -> Option<Reservation> {
+        let claimer = self.inner.claimer.get()?;
+        if claimer.stop.is_cancelled() {
+            return None;
+        }
+        let slots = claimer.permits.available_permits().min(max);
+        if slots == 0 {
+            return None;
+        }
+        let permit = claimer.permits.clone().try_acquire_many_owned(slots as u32).ok()?;
+        Some(Reservation {
+            owner: claimer.owner,
+            lease_us: claimer.lease_us,
+            slots,
+            permit,
+            lease_from: tokio::time::Instant::now(),
+        })
+    }
+
     /// Claims, inside the writer's transaction, as many runnable jobs as the attached claimer
     /// has free workers: the jobs that transaction just made runnable start without a claim
     /// transaction of their own. Permits are reserved before the claim, so every claimed job has
@@ -304,19 +344,12 @@ impl Store {
         txn: &impl ConnectionTrait,
         now: i64,
     ) -> Result<Option<PiggybackClaim>, Error> {
-        let Some(claimer) = self.inner.claimer.get() else { return Ok(None) };
-        if claimer.stop.is_cancelled() {
-            return Ok(None);
-        }
-        let free = claimer.permits.available_permits().min(MAX_PIGGYBACK);
-        if free == 0 {
-            return Ok(None);
-        }
-        let Ok(permit) = claimer.permits.clone().try_acquire_many_owned(free as u32) else { return Ok(None) };
-        let lease_from = tokio::time::Instant::now();
-        let (sql, values) = self.claim_statement(claimer.owner, free, claimer.lease_us, &[], now);
-        let jobs = self.claim_in(txn, &sql, values, claimer.owner, now).await?;
-        Ok(Some(PiggybackClaim { batch: ClaimedBatch { jobs, permit, lease_from }, reserved: free }))
+        let Some(r) = self.reserve_workers(MAX_PIGGYBACK) else { return Ok(None) };
+        let (sql, values) = self.claim_statement(r.owner, r.slots, r.lease_us, &[], now);
+        let jobs = self.claim_in(txn, &sql, values, r.owner, now).await?;
+        // Fewer jobs than slots means nothing else was runnable.
+        let maybe_more = jobs.len() >= r.slots;
+        Ok(Some(r.into_claim(jobs, maybe_more)))
     }
 
     /// Hands a claim made in a committed transaction to the claimer's dispatcher.
@@ -1095,6 +1128,75 @@ mod tests {
             assert_eq!(created.len(), 1, "one created event: {events:?}");
             assert_eq!(created[0].request_id.as_deref(), Some("r-fresh"));
             assert_eq!(created[0].actor, "tester");
+            Ok(())
+        })
+        .await
+    }
+
+    /// On PostgreSQL the statement that inserts new jobs claims them for this process's free
+    /// workers (RUNNING with its lease, `claimed` after `created`, handed to the dispatcher, no
+    /// wake-up), while the 202's answer stays PENDING; never while an older job waits (it would
+    /// overtake it) or when no worker is free, and then the dispatcher is woken as before.
+    #[tokio::test]
+    async fn postgres_insert_claims_new_jobs_only_for_free_workers_and_never_past_older_ones()
+    -> Result<(), Box<dyn std::error::Error>> {
+        in_fresh_pg_database(|url| async move {
+            use std::time::Duration;
+            let store = migrated_store(&url, 4, 1000).await?;
+            let job = health_check_job()?;
+            let woken = store.enqueued_signal();
+            let was_woken = |w: std::sync::Arc<tokio::sync::Notify>| async move {
+                tokio::time::timeout(Duration::from_millis(100), w.notified()).await.is_ok()
+            };
+            let older = store.enqueue(job("older"), None, None).await?;
+
+            let (owner, permits) = (Uuid::new_v4(), std::sync::Arc::new(tokio::sync::Semaphore::new(4)));
+            let (tx, mut claimed) = tokio::sync::mpsc::unbounded_channel();
+            let stop = tokio_util::sync::CancellationToken::new();
+            let claimer = Claimer { owner, lease_us: 60_000_000, permits: permits.clone(), tx, stop };
+            assert!(store.attach_claimer(claimer).is_ok());
+
+            // An older job waits: the new one stays PENDING behind it.
+            was_woken(woken.clone()).await;
+            let behind = store.enqueue(job("behind"), None, None).await?;
+            assert_eq!(behind.status, JobStatus::Pending);
+            assert_eq!(store.get(behind.id).await?.status, JobStatus::Pending, "a new job overtook an older one");
+            assert!(claimed.try_recv().is_err());
+            assert!(was_woken(woken.clone()).await, "jobs left PENDING must wake the dispatcher");
+            assert_eq!(permits.available_permits(), 4, "reserved slots are given back");
+            // (RETURNING's order is unspecified.)
+            let mut ids: Vec<JobId> =
+                store.claim_batch(Uuid::new_v4(), 10, 60_000_000, &[]).await?.iter().map(|j| j.id).collect();
+            ids.sort_by_key(|id| id.0);
+            let mut waiting = vec![older.id, behind.id];
+            waiting.sort_by_key(|id| id.0);
+            assert_eq!(ids, waiting);
+
+            // Nothing waits and a worker is free: claimed by its insert.
+            let new = store.enqueue(job("new"), None, Some("r-new".into())).await?;
+            assert_eq!(new.status, JobStatus::Pending, "the 202 says PENDING, as the job was when accepted");
+            let batch = claimed.try_recv()?;
+            assert_eq!(batch.jobs.len(), 1);
+            assert_eq!((batch.jobs[0].id, batch.jobs[0].attempt, batch.jobs[0].first_attempt), (new.id, 1, true));
+            assert_eq!(permits.available_permits(), 3, "the claimed job holds its worker slot");
+            drop(batch);
+            assert!(!was_woken(woken.clone()).await, "a claim that took every new job needs no dispatcher");
+            let stored = store.get(new.id).await?;
+            assert_eq!((stored.status, stored.attempts), (JobStatus::Running, 1));
+            let events = store.events(new.id, 0).await?;
+            let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+            assert_eq!(kinds, vec![EventKind::Created, EventKind::Claimed]);
+            assert_eq!(events[0].request_id.as_deref(), Some("r-new"));
+            assert_eq!(events[1].detail, json!({"attempt": 1, "replica": owner.to_string()}));
+            assert_eq!(store.claim_batch(Uuid::new_v4(), 10, 60_000_000, &[]).await?.len(), 0);
+
+            // No worker free: PENDING, for the dispatcher.
+            let all = permits.clone().acquire_many_owned(4).await?;
+            let waits = store.enqueue(job("waits"), None, None).await?;
+            assert_eq!(store.get(waits.id).await?.status, JobStatus::Pending);
+            assert!(claimed.try_recv().is_err());
+            assert!(was_woken(woken.clone()).await);
+            drop(all);
             Ok(())
         })
         .await
