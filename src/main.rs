@@ -7,20 +7,23 @@ use automation_gateway::{App, store::Store, telemetry};
 use clap::Parser;
 
 /// Buffers of 8 to 64 KiB (each connection's HTTP buffers) from page-aligned pools, the rest from
-/// glibc: an idle connection then costs only the pages its buffers touch (see `pool`).
+/// mimalloc: an idle connection then costs only the pages its buffers touch (see `pool`).
 #[cfg(target_os = "linux")]
 #[global_allocator]
 static ALLOC: automation_gateway::pool::Pooled = automation_gateway::pool::Pooled;
 
-/// Runs before Rust's runtime makes its first allocation, so that every chunk glibc hands out
-/// sees the tuned allocator (see `pool::tune_glibc`).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// Runs before Rust's runtime makes its first allocation: mimalloc reads its options when it maps
+/// its first arena, and every chunk glibc hands out (to SQLite) should see its tuning too (see
+/// `pool::tune_mimalloc`, `pool::tune_glibc`).
+#[cfg(target_os = "linux")]
 #[used]
 #[unsafe(link_section = ".init_array")]
 static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
 
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[cfg(target_os = "linux")]
 extern "C" fn tune_allocator() {
+    automation_gateway::pool::tune_mimalloc();
+    #[cfg(target_env = "gnu")]
     automation_gateway::pool::tune_glibc();
 }
 

@@ -1,4 +1,6 @@
-//! Gives freed heap back to the operating system. glibc keeps memory that a burst of requests
+//! Gives freed heap back to the operating system. (The binary's Rust heap is mimalloc's, which
+//! purges freed pages itself, and the buffer pools', trimmed here too, see `pool`; glibc's holds
+//! what SQLite allocates.) glibc keeps memory that a burst of requests
 //! allocated and then freed inside its arenas (about 5 MB after 100 000 POSTs, measured with
 //! `malloc_trim` from a debugger), so the resident set stayed at its high-water mark long after
 //! the burst. Once a second, when the process is nearly idle, this checks how much free memory

@@ -129,18 +129,30 @@ pub struct Posted {
 
 /// Dispatch latency seen from the client: `started_at - t202` (clamped at 0; a lower bound of
 /// "202 sent -> RUNNING", since the answer takes time to arrive) and `started_at - tsend` (an
-/// upper bound).
+/// upper bound). Beside them, what splits the two: the gateway's own `started_at - created_at`
+/// (both stamped by gateway processes on this machine's clock) and each probe's POST round trip.
 #[derive(Default)]
 pub struct Disp {
     pub from_202: Lat,
     pub from_send: Lat,
+    pub from_created: Lat,
+    pub post: Lat,
 }
 
 impl Disp {
-    fn push(&mut self, started_us: i64, p: &Posted) {
-        self.from_202.push_us(started_us - p.t202_us);
-        self.from_send.push_us(started_us - p.tsend_us);
+    fn push(&mut self, s: Stamps, p: &Posted) {
+        self.from_202.push_us(s.started_us - p.t202_us);
+        self.from_send.push_us(s.started_us - p.tsend_us);
+        self.from_created.push_us(s.started_us - s.created_us);
+        self.post.push_us(p.t202_us - p.tsend_us);
     }
+}
+
+/// A job's `created_at` and `started_at`, in µs.
+#[derive(Clone, Copy, Debug)]
+pub struct Stamps {
+    pub created_us: i64,
+    pub started_us: i64,
 }
 
 /// POSTs one job, retrying 429/503 (honouring `Retry-After`, at most 1 s per wait, 60 attempts).
@@ -415,8 +427,8 @@ pub async fn wait_terminal(
     }
 }
 
-/// A job's status and `started_at`.
-pub async fn job_state(client: &mut Client, id: &str) -> Result<(String, Option<i64>), String> {
+/// A job's status and, once it has started, its `created_at` and `started_at`.
+pub async fn job_state(client: &mut Client, id: &str) -> Result<(String, Option<Stamps>), String> {
     let path = format!("/v1/jobs/{id}");
     let r = client.get(&path).await.map_err(|e| format!("GET {path}: {e}"))?;
     if r.status != 200 {
@@ -424,8 +436,9 @@ pub async fn job_state(client: &mut Client, id: &str) -> Result<(String, Option<
     }
     let v: serde_json::Value = serde_json::from_slice(&r.body).map_err(|e| format!("GET {path}: bad JSON: {e}"))?;
     let status = v["status"].as_str().unwrap_or("").to_string();
-    let started = v["started_at"].as_str().and_then(parse_rfc3339_us);
-    Ok((status, started))
+    let stamp = |k: &str| v[k].as_str().and_then(parse_rfc3339_us);
+    let started = stamp("started_at").zip(stamp("created_at"));
+    Ok((status, started.map(|(started_us, created_us)| Stamps { created_us, started_us })))
 }
 
 /// Serial dispatch latency: POST one job to `post_addr`, poll it on `poll_addr` (every 0.5 ms)
