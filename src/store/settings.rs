@@ -18,7 +18,9 @@ pub struct Settings {
     pub database_url: DatabaseUrl,
 
     /// Connections in the database pool (PostgreSQL; SQLite uses one writer and a few readers).
-    #[arg(long, env = "GATEWAY_DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    /// At least 4: the batched point reader keeps one for good, and with a single one left for
+    /// claims, results and heartbeats, a replica whose jobs were polled stopped running them.
+    #[arg(long, env = "GATEWAY_DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(4..=1000))]
     pub db_max_connections: u32,
 
     /// Pending jobs accepted before new ones are refused with 429 and Retry-After.
