@@ -88,12 +88,13 @@ mod tests {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn freed_heap_goes_back_to_the_system() {
-        // 32 MB freed in 16 KiB holes (below the mmap threshold, so they live in the heap),
+        // 64 MB freed in 16 KiB holes (below the mmap threshold, so they live in the heap),
         // with every other block kept so the holes cannot merge into the top of the heap,
-        // which glibc would release on its own.
+        // which glibc would release on its own. (With 32 MB freed, a CI run saw 15.9 MB come back
+        // against the 16 MB asked: the tests running meanwhile had allocated the rest.)
         let mut kept = Vec::new();
         let mut freed = Vec::new();
-        for i in 0..4000u32 {
+        for i in 0..8000u32 {
             let block = vec![(i % 251) as u8; 16 * 1024];
             if i % 2 == 0 { kept.push(block) } else { freed.push(block) }
         }
@@ -101,8 +102,8 @@ mod tests {
         let before = rss_anon_kib();
         trim_if_worth_it();
         let after = rss_anon_kib();
-        // Other tests run meanwhile in this process; half the freed memory is a safe margin.
-        assert!(before.saturating_sub(after) >= 16 * 1024, "RssAnon {before} kB -> {after} kB after the trim");
+        // Other tests run meanwhile in this process; half the freed memory leaves them 32 MB.
+        assert!(before.saturating_sub(after) >= 32 * 1024, "RssAnon {before} kB -> {after} kB after the trim");
         assert!(kept.iter().enumerate().all(|(i, b)| b[16 * 1024 - 1] == ((2 * i as u32) % 251) as u8));
     }
 }
